@@ -1,0 +1,134 @@
+"""Backbone registry in the spirit of timm: ``register_backbone`` adds a named factory,
+``create_backbone`` builds one from a registry name, a hub id or a local directory.
+
+Adding a model family means adding one module here; nothing in the tracker or analysis changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from difftrack.backbones.base import Backbone, ProcessorCall
+from difftrack.errors import UserError
+
+
+@dataclass
+class BackboneEntry:
+    name: str
+    factory: Callable[..., Backbone]
+    source: str
+    description: str
+    weights_present: Callable[[], bool]
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+# model_index.json `_class_name` -> loader taking (path_or_id, **kw); filled by family modules.
+_PIPELINE_LOADERS: dict[str, Callable[..., Backbone]] = {}
+DEFAULT_BACKBONE = "tiny-video"
+
+
+def register_backbone(name: str, *, source: str, description: str, weights_present: Callable[[], bool]):
+    def wrap(factory):
+        _REGISTRY[name] = BackboneEntry(name, factory, source, description, weights_present)
+        return factory
+
+    return wrap
+
+
+def register_pipeline_loader(*pipeline_class_names: str):
+    def wrap(loader):
+        for n in pipeline_class_names:
+            _PIPELINE_LOADERS[n] = loader
+        return loader
+
+    return wrap
+
+
+def list_backbones() -> list[BackboneEntry]:
+    _import_families()
+    names = sorted(_REGISTRY, key=lambda n: (n != DEFAULT_BACKBONE, n))
+    return [_REGISTRY[n] for n in names]
+
+
+def create_backbone(name_or_path: str = DEFAULT_BACKBONE, **kwargs) -> Backbone:
+    """Build a backbone from a registry name, a local diffusers pipeline directory or a hub id."""
+    _import_families()
+    if name_or_path in _REGISTRY:
+        return _REGISTRY[name_or_path].factory(**kwargs)
+    if os.path.isdir(name_or_path):
+        index = os.path.join(name_or_path, "model_index.json")
+        if not os.path.isfile(index):
+            raise UserError(f"{name_or_path} has no model_index.json: point --model at a diffusers pipeline "
+                            f"directory (save_pretrained output) or use one of: {', '.join(_REGISTRY)}")
+        with open(index) as fh:
+            cls_name = json.load(fh).get("_class_name", "")
+        return _loader_for(cls_name, name_or_path)(name_or_path, **kwargs)
+    if "/" in name_or_path:
+        cls_name = _hub_pipeline_class(name_or_path)
+        return _loader_for(cls_name, name_or_path)(name_or_path, **kwargs)
+    raise UserError(f"unknown model {name_or_path!r}; known: {', '.join(_REGISTRY)} "
+                    f"(or a hub id like THUDM/CogVideoX-2b, or a local pipeline directory)")
+
+
+def _loader_for(cls_name: str, where: str):
+    if cls_name not in _PIPELINE_LOADERS:
+        raise UserError(f"{where} is a {cls_name or 'unknown'} pipeline; supported pipelines: "
+                        f"{', '.join(sorted(_PIPELINE_LOADERS))}")
+    return _PIPELINE_LOADERS[cls_name]
+
+
+def _hub_pipeline_class(repo_id: str) -> str:
+    """Read model_index.json of a hub id from the local cache only (this machine has no hub access)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "model_index.json")
+    if not isinstance(path, str):
+        raise UserError(f"weights for {repo_id} are not in the local Hugging Face cache and cannot be fetched here: "
+                        f"run `huggingface-cli download {repo_id}` on a connected machine (or copy the directory) "
+                        f"and pass it with --model")
+    with open(path) as fh:
+        return json.load(fh).get("_class_name", "")
+
+
+def hub_weights_present(repo_id: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+        except Exception:  # noqa: BLE001 - a broken cache simply means "not present"
+            return False
+
+    return check
+
+
+def load_component(cls, where: str, subfolder: str | None = None, **kwargs):
+    """`cls.from_pretrained` from a local directory or the local hub cache, with one clear line when absent."""
+    try:
+        if subfolder is None:
+            return cls.from_pretrained(where, local_files_only=True, **kwargs)
+        return cls.from_pretrained(where, subfolder=subfolder, local_files_only=True, **kwargs)
+    except (OSError, EnvironmentError, ValueError) as exc:
+        part = f"{where}/{subfolder}" if subfolder else where
+        raise UserError(f"cannot load {cls.__name__} from {part}: weights missing or incomplete "
+                        f"({str(exc).splitlines()[0][:160]}); download the full pipeline with "
+                        f"`huggingface-cli download {where}` on a connected machine") from None
+
+
+def _import_families() -> None:
+    # Importing a family module registers its entries; kept lazy so `import difftrack` stays light.
+    from difftrack.backbones import cogvideox  # noqa: F401
+
+    for optional in ("embedded", "hunyuan", "wan"):
+        try:
+            __import__(f"difftrack.backbones.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"difftrack.backbones.{optional}":
+                raise
+
+
+__all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "register_backbone", "register_pipeline_loader",
+           "create_backbone", "list_backbones", "load_component", "hub_weights_present", "DEFAULT_BACKBONE"]

@@ -1,0 +1,151 @@
+"""The interface every backbone adapter implements.
+
+An adapter wraps stock diffusers components (transformer, VAE, text encoder, tokenizer,
+scheduler) and knows the few things that differ between model families: where text sits in the
+sequence, which attention modules are "layers", how video maps to latents, and how to rebuild
+per-head q/k (after q/k norm and RoPE) from what the stock processor computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from difftrack.errors import UserError
+from difftrack.geometry import TokenGeometry
+
+
+@dataclass
+class ProcessorCall:
+    """What a stock attention processor was called with, plus the sub-module outputs we hooked."""
+
+    hidden_states: torch.Tensor
+    encoder_hidden_states: torch.Tensor | None
+    rotary: Any
+    hooked: dict[str, torch.Tensor]
+
+
+class Backbone:
+    """Base class of backbone adapters. Subclasses set the class attributes and implement the hooks."""
+
+    family: ClassVar[str] = ""
+    text_position: ClassVar[str] = "first"
+
+    def __init__(self, name: str, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source: str = ""):
+        self.name = name
+        self.transformer = transformer
+        self.scheduler = scheduler
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.source = source
+
+    # ----- structure ---------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[torch.nn.Module]:
+        """The attention modules that count as layers, in forward order."""
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def heads(self) -> int:
+        return self.layers[0].heads
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent cell along one axis (the VAE's downsampling)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def temporal_compression(self) -> int:
+        return 1
+
+    @property
+    def patch_size(self) -> int:
+        return self.transformer.config.patch_size
+
+    def check_layers(self, layers) -> list[int]:
+        from difftrack.errors import check_index_range
+
+        return check_index_range("layer", layers, self.num_layers)
+
+    # ----- geometry ----------------------------------------------------------------------------
+    def geometry(self, latents: torch.Tensor, text_tokens: int, frame_size: tuple[int, int] | None = None,
+                 frame_as_latent: bool = False, rgb_frames: int | None = None) -> TokenGeometry:
+        """Geometry of one forward on ``latents`` (B, F, C, h, w); ``frame_size`` is the input (H, W) in pixels."""
+        _, frames, _, h, w = latents.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise UserError(f"latent size {h}x{w} is not divisible by the patch size {p}; resize the video so that "
+                            f"its height and width are multiples of {p * self.spatial_compression} pixels")
+        grid_h, grid_w = h // p, w // p
+        if frame_size is None:
+            frame_size = (h * self.spatial_compression, w * self.spatial_compression)
+        stride = (frame_size[0] / grid_h, frame_size[1] / grid_w)
+        return TokenGeometry(frames=frames, grid_h=grid_h, grid_w=grid_w, text_tokens=text_tokens,
+                             text_position=self.text_position, stride_px=stride,
+                             temporal_compression=1 if frame_as_latent else self.temporal_compression,
+                             rgb_frames=rgb_frames)
+
+    def check_frame_count(self, num_frames: int, frame_as_latent: bool = False) -> None:
+        c = 1 if frame_as_latent else self.temporal_compression
+        if c > 1 and (num_frames - 1) % c:
+            lo = (num_frames - 1) // c * c + 1
+            raise UserError(f"{self.name} compresses time {c}x and takes 1 + {c}k frames; got {num_frames}: "
+                            f"use {lo} or {lo + c} frames, or --frame-as-latent")
+
+    # ----- video <-> latents -------------------------------------------------------------------
+    def encode_video(self, video: torch.Tensor, frame_as_latent: bool = False) -> torch.Tensor:
+        """Pixels (B, T, 3, H, W) in [-1, 1] -> latents (B, F, C, h, w) as the transformer takes them."""
+        raise NotImplementedError
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, F, C, h, w) -> pixels (B, T, 3, H, W) in [-1, 1]."""
+        raise NotImplementedError
+
+    # ----- text --------------------------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----- one denoising forward ---------------------------------------------------------------
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor, **extra) -> torch.Tensor:
+        """One transformer forward; returns the model's own prediction (noise, v or flow) shaped like latents."""
+        raise NotImplementedError
+
+    def prediction_type(self) -> str:
+        return getattr(self.scheduler.config, "prediction_type", "epsilon")
+
+    # ----- capture -----------------------------------------------------------------------------
+    def capture_targets(self, attn) -> list[str]:
+        """Names of the attention sub-modules whose outputs :meth:`split_descriptors` needs."""
+        raise NotImplementedError
+
+    def video_feature(self, attn, call: ProcessorCall, output) -> torch.Tensor:
+        """The attention output before ``to_out`` for video tokens, (B, N, H * D)."""
+        raise NotImplementedError
+
+    def split_descriptors(self, attn, call: ProcessorCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Rebuild (query_video, key_video, key_text) as (B, H, N, D) after q/k norm and RoPE."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        cfg = self.transformer.config
+        return {"name": self.name, "family": self.family, "layers": self.num_layers, "heads": self.heads,
+                "head_dim": cfg.attention_head_dim, "text_position": self.text_position, "source": self.source}

@@ -1,0 +1,178 @@
+"""CogVideoX adapters: text-to-video (2B sin-cos, 5B 3D RoPE, 1.5) and image-to-video.
+
+Text comes FIRST in CogVideoX's joint sequence; the stock processor concatenates
+[text, video], applies q/k LayerNorm per head and then RoPE to video tokens only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from difftrack.backbones import (
+    Backbone,
+    ProcessorCall,
+    hub_weights_present,
+    load_component,
+    register_backbone,
+    register_pipeline_loader,
+)
+
+
+class CogVideoXBackbone(Backbone):
+    family = "cogvideox"
+    text_position = "first"
+
+    @property
+    def layers(self):
+        return [block.attn1 for block in self.transformer.transformer_blocks]
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.transformer.config.temporal_compression_ratio
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels
+
+    @property
+    def text_tokens(self) -> int:
+        return self.transformer.config.max_text_seq_length
+
+    # ----- video <-> latents -------------------------------------------------------------------
+    @property
+    def _scaling(self) -> float:
+        return self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode_video(self, video, frame_as_latent=False):
+        b, t = video.shape[:2]
+        video = video.to(self.vae.device, self.vae.dtype)
+        if frame_as_latent:
+            frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
+            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
+            lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
+        else:
+            self.check_frame_count(t)
+            lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
+        return (lat * self._scaling).to(self.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents):
+        lat = (latents / self._scaling).to(self.vae.dtype).permute(0, 2, 1, 3, 4)
+        return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+
+    # ----- text --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts):
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.text_tokens, truncation=True,
+                             add_special_tokens=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0].to(self.dtype)
+
+    # ----- forward -----------------------------------------------------------------------------
+    def rotary_embedding(self, latents):
+        cfg = self.transformer.config
+        if not cfg.use_rotary_positional_embeddings:
+            return None
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+        frames, h, w = latents.shape[1], latents.shape[3], latents.shape[4]
+        p, p_t = cfg.patch_size, cfg.patch_size_t
+        grid = (h // p, w // p)
+        base_h, base_w = cfg.sample_height // p, cfg.sample_width // p
+        if p_t is None:
+            crops = get_resize_crop_region_for_grid(grid, base_w, base_h)
+            cos, sin = get_3d_rotary_pos_embed(cfg.attention_head_dim, crops, grid, frames, device=latents.device)
+        else:
+            cos, sin = get_3d_rotary_pos_embed(cfg.attention_head_dim, None, grid, (frames + p_t - 1) // p_t,
+                                               grid_type="slice", max_size=(base_h, base_w), device=latents.device)
+        return cos.to(latents.dtype), sin.to(latents.dtype)
+
+    def transformer_inputs(self, latents, **extra):
+        """The extra channels/arguments a family needs besides latents, timestep and text (none for T2V)."""
+        return latents, {}
+
+    def predict(self, latents, timestep, prompt_embeds, **extra):
+        hidden, kwargs = self.transformer_inputs(latents, **extra)
+        timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(latents.shape[0])
+        return self.transformer(hidden_states=hidden, encoder_hidden_states=prompt_embeds, timestep=timestep,
+                                image_rotary_emb=self.rotary_embedding(latents), return_dict=False, **kwargs)[0]
+
+    # ----- capture -----------------------------------------------------------------------------
+    def capture_targets(self, attn):
+        return ["norm_q" if attn.norm_q is not None else "to_q", "norm_k" if attn.norm_k is not None else "to_k"]
+
+    def split_descriptors(self, attn, call: ProcessorCall):
+        text_len = call.encoder_hidden_states.shape[1]
+        names = self.capture_targets(attn)
+        q, k = call.hooked[names[0]], call.hooked[names[1]]
+        if q.dim() == 3:  # to_q/to_k outputs: (B, S, H*D) -> (B, H, S, D)
+            q = q.unflatten(2, (attn.heads, -1)).transpose(1, 2)
+            k = k.unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        qv, kv, kt = q[:, :, text_len:], k[:, :, text_len:], k[:, :, :text_len]
+        if call.rotary is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            qv = apply_rotary_emb(qv, call.rotary)
+            kv = apply_rotary_emb(kv, call.rotary)
+        return qv, kv, kt
+
+    def video_feature(self, attn, call: ProcessorCall, output):
+        return call.hooked["to_out_in"][:, call.encoder_hidden_states.shape[1]:]
+
+
+class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
+    """Image-to-video: the first frame's latents, zero-padded in time, are concatenated on channels."""
+
+    family = "cogvideox-i2v"
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.in_channels // 2
+
+    def image_latents(self, latents, first_frame_latents):
+        pad = torch.zeros_like(latents[:, 1:])
+        return torch.cat([first_frame_latents, pad], dim=1)
+
+    def transformer_inputs(self, latents, image_latents=None, **extra):
+        if image_latents is None:
+            # Analysis and tracking of a real video: condition on the video's own first latent frame.
+            image_latents = self.image_latents(latents, latents[:, :1])
+        kwargs = {}
+        if self.transformer.config.ofs_embed_dim is not None:
+            kwargs["ofs"] = latents.new_full((latents.shape[0],), 2.0)
+        return torch.cat([latents, image_latents], dim=2), kwargs
+
+
+def _load(cls, where, dtype=torch.float32, device="cpu", name=None):
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    transformer = load_component(CogVideoXTransformer3DModel, where, "transformer", torch_dtype=dtype)
+    vae = load_component(AutoencoderKLCogVideoX, where, "vae", torch_dtype=dtype)
+    text_encoder = load_component(T5EncoderModel, where, "text_encoder", torch_dtype=dtype)
+    tokenizer = load_component(AutoTokenizer, where, "tokenizer")
+    scheduler = load_component(CogVideoXDDIMScheduler, where, "scheduler")
+    for m in (transformer, vae, text_encoder):
+        m.to(device).eval().requires_grad_(False)
+    return cls(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where)
+
+
+@register_pipeline_loader("CogVideoXPipeline")
+def load_cogvideox(where, **kw):
+    return _load(CogVideoXBackbone, where, **kw)
+
+
+@register_pipeline_loader("CogVideoXImageToVideoPipeline")
+def load_cogvideox_i2v(where, **kw):
+    return _load(CogVideoXImageToVideoBackbone, where, **kw)
+
+
+for _name, _repo, _loader, _desc in [
+    ("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, "CogVideoX-2B text-to-video, sin-cos positions"),
+    ("cogvideox-5b", "THUDM/CogVideoX-5b", load_cogvideox, "CogVideoX-5B text-to-video, 3D RoPE"),
+    ("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox_i2v, "CogVideoX-5B image-to-video, 3D RoPE"),
+]:
+    register_backbone(_name, source=_repo, description=_desc, weights_present=hub_weights_present(_repo))(
+        lambda _repo=_repo, _loader=_loader, _name=_name, **kw: _loader(_repo, name=_name, **kw)
+    )

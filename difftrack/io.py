@@ -1,0 +1,113 @@
+"""Files in and out: videos (OpenCV), points JSON, and atomic writes (temporary name, then rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from difftrack.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str | None = None):
+    """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds."""
+    final = Path(final)
+    if not final.parent.exists():
+        raise UserError(f"output directory {final.parent} does not exist; create it or choose another --out")
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or "".join(final.suffixes) or ".tmp",
+                               dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+
+
+def save_npz(path, **arrays) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video file to uint8 RGB frames (T, H, W, 3) and its frame rate."""
+    import cv2
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"video {path} does not exist; pass the path of a readable video file")
+    cap = cv2.VideoCapture(path)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 8.0
+    frames = []
+    while max_frames is None or len(frames) < max_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    cap.release()
+    if not frames:
+        raise UserError(f"could not decode any frame from {path}; is it a video file OpenCV can read (mp4, avi)?")
+    return np.stack(frames), float(fps)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> None:
+    """Encode uint8 RGB frames (T, H, W, 3) as MP4, atomically."""
+    import cv2
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"write_video wants uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    with atomic_path(path, suffix=".mp4") as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps),
+                                 (frames.shape[2], frames.shape[1]))
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV could not open an MP4 writer for {path}")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+
+
+def load_points(path: str | os.PathLike) -> np.ndarray:
+    """Read query points (t, x, y) from JSON: a list of {"t", "x", "y"} objects or of [t, x, y] rows."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"points file {path} does not exist")
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"points file {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                        f'expected [{{"t": 0, "x": 12.5, "y": 40.0}}, ...] or [[t, x, y], ...]') from None
+    if not isinstance(data, list) or not data:
+        raise UserError(f"points file {path} must hold a non-empty JSON list of points")
+    rows = []
+    for i, p in enumerate(data):
+        try:
+            if isinstance(p, dict):
+                rows.append([float(p["t"]), float(p["x"]), float(p["y"])])
+            else:
+                t, x, y = p
+                rows.append([float(t), float(x), float(y)])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"point {i} in {path} is {p!r}; each point must be {{\"t\", \"x\", \"y\"}} "
+                            f"or [t, x, y] with numbers") from None
+    return np.asarray(rows, dtype=np.float32)
+
+
+def check_points(queries: np.ndarray, num_frames: int, height: int, width: int) -> None:
+    """Query frames must exist and points must lie inside the frame (pixel edges included)."""
+    for i, (t, x, y) in enumerate(queries):
+        if t != int(t) or not 0 <= t < num_frames:
+            raise UserError(f"point {i} has query frame {t:g}, but the video has frames 0..{num_frames - 1}")
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise UserError(f"point {i} at (x={x:g}, y={y:g}) lies outside the {width}x{height} frame")
