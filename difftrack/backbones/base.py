@@ -81,6 +81,38 @@ class Backbone:
     def patch_size(self) -> int:
         return self.transformer.config.patch_size
 
+    @property
+    def max_frames(self) -> int:
+        """Latent frames one forward takes in the model's trained setting (the tracking window)."""
+        return 13
+
+    # Defaults for tracking when no analysis recommendation is given: (layers, step index, number of steps).
+    default_track_layers: ClassVar[tuple[int, ...]] = ()
+    default_track_step: ClassVar[tuple[int, int]] = (49, 50)
+
+    def track_layers(self) -> list[int]:
+        return list(self.default_track_layers) or [self.num_layers // 2]
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """The resolution a video of (height, width) is resized to before encoding."""
+        m = self.spatial_compression * self.patch_size
+        return max(m, round(height / m) * m), max(m, round(width / m) * m)
+
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """The sampler's timestep schedule; step index i of ``num_steps`` is ``timesteps(num_steps)[i]``."""
+        import copy
+
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(num_steps)
+        return sched.timesteps
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep) -> torch.Tensor:
+        """Forward-diffuse clean latents to ``timestep`` with the stock scheduler's own formula."""
+        t = torch.as_tensor(timestep, device=latents.device).reshape(1)
+        if hasattr(self.scheduler, "add_noise"):
+            return self.scheduler.add_noise(latents, noise, t.long() if not t.is_floating_point() else t)
+        return self.scheduler.scale_noise(latents, t, noise)
+
     def check_layers(self, layers) -> list[int]:
         from difftrack.errors import check_index_range
 
