@@ -1,0 +1,126 @@
+"""Fused matching in plain torch, chunked over query points and heads (CPU and GPU).
+
+Per (query chunk, head chunk) one matmul gives the logits against every video token; one
+max-subtract-exp pass turns them into exp(logit - frame max) in place. The per-frame sums of that
+buffer give both softmaxes: the per-frame one (divide by the frame's sum) and the joint one over
+text + all frames (per-frame max/sum combined in :func:`joint_weights`), so the exp is computed once.
+Head averages are accumulated into two (chunk, F, P) buffers; nothing of size queries x tokens x
+heads exists at any time. Memory is bounded by ``memory_budget`` bytes of working buffers (plus the
+(N, F * P) reverse-direction cost when ``reverse`` is given).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from difftrack.kernels.common import MatchResult, accumulation_dtype, joint_weights, soft_argmax, window_tokens
+
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
+
+
+def _chunk_rows(budget: int, row_bytes: int, total: int) -> int:
+    return max(1, min(total, budget // max(row_bytes, 1)))
+
+
+def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_budget=DEFAULT_MEMORY_BUDGET,
+                 head_chunk=1):
+    """Head-averaged C[j -> s] at the query points: (N, T) with T = F * P target tokens.
+
+    For every target token, softmax over the source frame's tokens of q_target . k_source; only the
+    columns of the N query points are kept.
+    """
+    heads, targets, _ = all_queries.shape
+    sources = source_keys.shape[1]
+    out = torch.zeros(len(source_index), targets, dtype=dtype, device=all_queries.device)
+    target_chunk = _chunk_rows(memory_budget, head_chunk * sources * torch.finfo(dtype).bits // 8, targets)
+    for t0 in range(0, targets, target_chunk):
+        t1 = min(t0 + target_chunk, targets)
+        for h0 in range(0, heads, head_chunk):
+            h1 = min(h0 + head_chunk, heads)
+            logits = torch.bmm(all_queries[h0:h1, t0:t1].to(dtype) * scale, source_keys[h0:h1].to(dtype).transpose(1, 2))
+            logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+            picked = logits[:, :, source_index] / logits.sum(-1, keepdim=True)  # (h, t, N)
+            out[:, t0:t1] += picked.sum(0).T
+    return out.div_(heads)
+
+
+def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1.0, window=1, reverse=None,
+                memory_budget=DEFAULT_MEMORY_BUDGET, head_chunk=1):
+    dtype = accumulation_dtype(query, key, text_key)
+    device = query.device
+    heads, points, _ = query.shape
+    tokens = grid_h * grid_w
+    video = key.shape[1]
+    frames = video // tokens
+    text_len = 0 if text_key is None else text_key.shape[1]
+    item = torch.finfo(dtype).bits // 8
+    query_chunk = _chunk_rows(memory_budget, (head_chunk + 2) * video * item, points)
+
+    backward = None
+    if reverse is not None:
+        all_queries, source_index = reverse
+        source_keys = key[:, source_frame * tokens:(source_frame + 1) * tokens]
+        backward = reverse_cost(all_queries, source_keys, source_index.to(device), scale, dtype, memory_budget,
+                                head_chunk).view(points, frames, tokens)
+    # Averaging the two directions folds into the forward coefficients: cost = sum_h p_h / (2H) + backward / 2.
+    forward_weight = (0.5 if backward is not None else 1.0) / heads
+
+    logit_buffer = torch.empty(head_chunk * query_chunk * video, dtype=dtype, device=device)
+    cost_buffer = torch.empty(query_chunk * video, dtype=dtype, device=device)
+    joint_buffer = torch.empty(query_chunk * video, dtype=dtype, device=device)
+    same_dtype_keys = key.dtype == dtype
+    text_keys = None if text_key is None else text_key.to(dtype)
+
+    argmax = torch.empty(points, frames, dtype=torch.int64, device=device)
+    peak = torch.empty(points, frames, dtype=dtype, device=device)
+    refined = torch.empty(points, frames, 2, dtype=dtype, device=device)
+    mass_frames = torch.zeros(points, frames, dtype=dtype, device=device)
+    mass_text = torch.zeros(points, dtype=dtype, device=device)
+    max_frames = torch.empty(points, frames, dtype=dtype, device=device)
+    max_text = torch.zeros(points, dtype=dtype, device=device)
+
+    for n0 in range(0, points, query_chunk):
+        n1 = min(n0 + query_chunk, points)
+        count = n1 - n0
+        q = query[:, n0:n1].to(dtype) * scale
+        cost = cost_buffer[:count * video].view(count, frames, tokens).zero_()
+        joint = joint_buffer[:count * video].view(count, frames, tokens).zero_()
+        text_joint = torch.zeros(count, text_len, dtype=dtype, device=device)
+        for h0 in range(0, heads, head_chunk):
+            h1 = min(h0 + head_chunk, heads)
+            k = key[h0:h1] if same_dtype_keys else key[h0:h1].to(dtype)
+            logits = logit_buffer[:(h1 - h0) * count * video].view(h1 - h0, count, video)
+            torch.bmm(q[h0:h1], k.transpose(1, 2), out=logits)
+            per_frame = logits.view(h1 - h0, count, frames, tokens)
+            frame_max = per_frame.amax(-1)
+            per_frame.sub_(frame_max.unsqueeze(-1)).exp_()
+            frame_sum = per_frame.sum(-1)
+            text_max = text_sum = text_exp = None
+            if text_keys is not None:
+                text_exp = torch.bmm(q[h0:h1], text_keys[h0:h1].transpose(1, 2))
+                text_max = text_exp.amax(-1)
+                text_exp.sub_(text_max.unsqueeze(-1)).exp_()
+                text_sum = text_exp.sum(-1)
+            frame_coef, text_coef = joint_weights(frame_max, frame_sum, text_max, text_sum)
+            mass_frames[n0:n1] += (frame_sum * frame_coef).sum(0)
+            frame_inverse = frame_sum.reciprocal_().mul_(forward_weight)
+            for i in range(h1 - h0):
+                cost.addcmul_(per_frame[i], frame_inverse[i].unsqueeze(-1))
+                joint.addcmul_(per_frame[i], frame_coef[i].unsqueeze(-1))
+            if text_exp is not None:
+                mass_text[n0:n1] += (text_sum * text_coef).sum(0)
+                text_joint += (text_exp * text_coef.unsqueeze(-1)).sum(0)
+        if backward is not None:
+            cost.add_(backward[n0:n1], alpha=0.5)
+        chunk_peak, chunk_argmax = cost.max(-1)
+        index, valid, centres = window_tokens(chunk_argmax, grid_h, grid_w, window)
+        refined[n0:n1] = soft_argmax(cost.gather(-1, index), valid, centres.to(dtype))
+        argmax[n0:n1] = chunk_argmax
+        peak[n0:n1] = chunk_peak
+        max_frames[n0:n1] = joint.amax(-1).div_(heads)
+        if text_len:
+            max_text[n0:n1] = text_joint.amax(-1).div_(heads)
+    mass_frames /= heads
+    mass_text /= heads
+    return MatchResult(argmax=argmax, peak=peak, refined=refined, mass_frames=mass_frames, mass_text=mass_text,
+                       max_frames=max_frames, max_text=max_text)
