@@ -1,0 +1,128 @@
+"""Track points through a video zero-shot with a video DiT's attention.
+
+Writes OUT.npz (tracks (T, N, 2) pixel x, y; visibility (T, N); queries (N, 3) as t, x, y),
+OUT.json (the same plus meta) and OUT.mp4 (an overlay with coloured trails; filled dots = visible,
+rings = predicted occluded).
+
+examples:
+  difftrack track clip.mp4 --grid 8                     # 8x8 grid on frame 0, embedded model
+  difftrack track clip.mp4 --points pts.json --out runs/clip
+  difftrack track clip.mp4 --grid 10 --grid-frame 12    # queries on frame 12, tracked both ways
+  difftrack track clip.mp4 --grid 8 --layers auto --recommendation runs/analysis
+  difftrack track clip.mp4 --grid 8 --model THUDM/CogVideoX-5b --layers 17 --steps 49 --num-steps 50
+
+points JSON: [{"t": 0, "x": 12.5, "y": 40.0}, ...] or [[t, x, y], ...] in the video's own pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import difftrack
+from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.errors import UserError
+from difftrack.io import atomic_path, check_points, load_points, read_video, write_video
+from difftrack.noising import NOISE_MODES
+
+
+def add_arguments(p):
+    p.add_argument("video", help="input video file (mp4, avi, ... anything OpenCV reads)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--points", help="JSON file of query points (t, x, y) in pixels")
+    src.add_argument("--grid", type=int, metavar="N", help="query an N x N grid of points on --grid-frame")
+    p.add_argument("--grid-frame", type=int, default=0, help="frame of the --grid queries (default 0)")
+    p.add_argument("--model", default=DEFAULT_BACKBONE,
+                   help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE}; see `difftrack models`)")
+    p.add_argument("--layers", nargs="+", default=None, metavar="L",
+                   help="attention layers whose q/k are matched (0-based); `auto` reads --recommendation; "
+                        "default: the model's own tracking layers")
+    p.add_argument("--recommendation", help="recommendation.json (or its analysis directory) for --layers auto")
+    p.add_argument("--steps", nargs="+", type=int, default=None,
+                   help="denoising step indices to read (of --num-steps); several are averaged")
+    p.add_argument("--num-steps", type=int, default=None, help="length of the sampler schedule the steps index")
+    p.add_argument("--noise", choices=NOISE_MODES, default="add",
+                   help="add noise at the step (default), feed clean latents, or invert to the step")
+    p.add_argument("--window", type=int, default=None, help="frames per forward (default: the model's window)")
+    p.add_argument("--no-bidirectional", action="store_true", help="match one direction only (C[s->j])")
+    p.add_argument("--cycle-threshold", type=float, default=None,
+                   help="forward-backward error in tokens above which a point is called occluded")
+    p.add_argument("--seed", type=int, default=0, help="seed of the added noise")
+    p.add_argument("--out", help="output path prefix (default: next to the video, <stem>_tracks)")
+    p.add_argument("--no-video", action="store_true", help="skip the overlay MP4")
+
+
+def grid_queries(n: int, frame: int, height: int, width: int) -> np.ndarray:
+    if n < 1:
+        raise UserError(f"--grid must be at least 1, got {n}")
+    ys, xs = np.meshgrid((np.arange(n) + 0.5) / n * height, (np.arange(n) + 0.5) / n * width, indexing="ij")
+    return np.stack([np.full(n * n, frame, np.float32), xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def resolve_layers(values, recommendation, backbone):
+    if values is None:
+        return None, None
+    if values == ["auto"]:
+        from difftrack.tracker import load_recommendation
+
+        rec = recommendation or backbone_recommendation(backbone)
+        return load_recommendation(rec, backbone)
+    try:
+        return [int(v) for v in values], None
+    except ValueError:
+        raise UserError(f"--layers takes integers or `auto`, got {' '.join(values)}") from None
+
+
+def backbone_recommendation(backbone):
+    path = getattr(backbone, "recommendation_path", None)
+    if path is None or not Path(path).is_file():
+        raise UserError(f"--layers auto needs --recommendation DIR (from `difftrack analyze --out DIR`); "
+                        f"{backbone.name} ships none")
+    return path
+
+
+def run(args):
+    from difftrack.tracker import DiffTracker
+    from difftrack.visualize import draw_tracks
+
+    video, fps = read_video(args.video)
+    num_frames, height, width = video.shape[:3]
+    if args.points:
+        queries = load_points(args.points)
+    else:
+        if not 0 <= args.grid_frame < num_frames:
+            raise UserError(f"--grid-frame {args.grid_frame} is out of range; the video has frames 0..{num_frames - 1}")
+        queries = grid_queries(args.grid or 8, args.grid_frame, height, width)
+    check_points(queries, num_frames, height, width)
+    out = Path(args.out) if args.out else Path(args.video).with_name(Path(args.video).stem + "_tracks")
+    if not out.parent.exists():
+        raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
+
+    backbone = difftrack.create_backbone(args.model)
+    layers, rec_steps = resolve_layers(args.layers, args.recommendation, backbone)
+    options = {"layers": layers, "steps": args.steps or rec_steps, "num_steps": args.num_steps,
+               "noise": args.noise, "window": args.window, "bidirectional": not args.no_bidirectional,
+               "seed": args.seed}
+    if args.cycle_threshold is not None:
+        options["cycle_threshold"] = args.cycle_threshold
+    tracker = DiffTracker(backbone, **options)
+    start = time.perf_counter()
+    tracks, visible = tracker(video, queries, progress=True)
+    seconds = time.perf_counter() - start
+
+    meta = {**tracker.meta(), "difftrack_version": difftrack.__version__, "seconds": round(seconds, 3),
+            "video": str(args.video), "frames": num_frames, "height": height, "width": width}
+    overlay = None if args.no_video else draw_tracks(video, tracks, visible, queries)
+    # Write everything to temporary names first, so a failure leaves no partial set of outputs.
+    with atomic_path(out.with_suffix(".npz")) as npz_tmp, atomic_path(out.with_suffix(".json")) as json_tmp:
+        np.savez(npz_tmp, tracks=tracks.astype(np.float32), visibility=visible, queries=queries.astype(np.float32))
+        json_tmp.write_text(json.dumps({"tracks": tracks.tolist(), "visibility": visible.tolist(),
+                                        "queries": queries.tolist(), "meta": meta}))
+        if overlay is not None:
+            write_video(out.with_suffix(".mp4"), overlay, fps)
+    print(f"tracked {len(queries)} points over {num_frames} frames in {seconds:.1f} s "
+          f"({num_frames / max(seconds, 1e-9):.2f} frames/s, {tracker.stats.forwards} forwards) -> "
+          f"{out.with_suffix('.npz')}, {out.with_suffix('.json')}" + ("" if args.no_video else f", {out.with_suffix('.mp4')}"))

@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from difftrack.backbones.cogvideox import CogVideoXBackbone
+from difftrack.cli import main
+from difftrack.errors import UserError
+from difftrack.io import write_video
+from difftrack.testing import save_pipeline, tiny_cogvideox_components
+from difftrack.tracker import DiffTracker, DiffTrackerPredictor, anchored_chunks, sample_descriptors
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    c = tiny_cogvideox_components()
+    return CogVideoXBackbone("tiny", c["transformer"], c["scheduler"], c["vae"], c["text_encoder"], c["tokenizer"])
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    from diffusers import CogVideoXPipeline
+
+    path = tmp_path_factory.mktemp("tiny_cogvideox")
+    save_pipeline(tiny_cogvideox_components(), CogVideoXPipeline, path)
+    return path
+
+
+def test_anchored_chunks_visit_every_frame_once_and_span_the_video():
+    for frames, window, anchor in [(10, 4, 0), (24, 8, 13), (5, 8, 2), (9, 3, 8)]:
+        chunks = anchored_chunks(anchor, frames, window)
+        assert all(anchor in c and len(c) <= window and c == sorted(c) for c in chunks)
+        others = sorted(f for c in chunks for f in c if f != anchor)
+        assert others == [f for f in range(frames) if f != anchor]
+    # the release's scheme: each chunk strides across the whole video
+    assert anchored_chunks(0, 10, 4) == [[0, 1, 4, 7], [0, 2, 5, 8], [0, 3, 6, 9]]
+    with pytest.raises(UserError):
+        anchored_chunks(0, 10, 1)
+
+
+def test_sample_descriptors_at_token_centres_is_exact_and_interpolates_between():
+    torch.manual_seed(0)
+    desc = torch.randn(3, 4 * 5, 6)
+    centres = torch.tensor([[0.5, 0.5], [4.5, 3.5], [2.5, 1.5]])
+    got = sample_descriptors(desc, centres, (4, 5))
+    idx = torch.tensor([0, 3 * 5 + 4, 1 * 5 + 2])
+    assert torch.allclose(got, desc[:, idx], atol=1e-6)
+    mid = sample_descriptors(desc, torch.tensor([[1.0, 0.5]]), (4, 5))
+    assert torch.allclose(mid[:, 0], (desc[:, 0] + desc[:, 1]) / 2, atol=1e-6)
+
+
+def test_tracker_shapes_query_frames_and_independence(backbone):
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (10, 48, 64, 3), dtype=np.uint8)
+    queries = np.array([[0, 10, 10], [3, 40.5, 30], [9, 63.9, 47.9]], np.float32)
+    tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[5])
+    tracks, visible = tracker(video, queries)
+    assert tracks.shape == (10, 3, 2) and visible.shape == (10, 3) and visible.dtype == bool
+    for n, (t, x, y) in enumerate(queries):
+        assert np.allclose(tracks[int(t), n], (x, y)) and visible[int(t), n]
+    assert np.all(tracks[..., 0] >= 0) and np.all(tracks[..., 0] <= 64) and np.all(tracks[..., 1] <= 48)
+    # three anchors x three chunks of a 10-frame video with a 4-frame window
+    assert tracker.stats.forwards == 9
+    alone, alone_vis = tracker(video, queries[1:2])
+    assert np.array_equal(alone[:, 0], tracks[:, 1]) and np.array_equal(alone_vis[:, 0], visible[:, 1])
+    again, _ = DiffTracker(backbone, window=4, num_steps=10, steps=[5])(video, queries)
+    assert np.array_equal(again, tracks)
+
+
+def test_predictor_has_cotracker_shapes(backbone):
+    predictor = DiffTrackerPredictor(backbone, window=5, num_steps=10, steps=[9])
+    video = torch.randint(0, 255, (2, 6, 3, 32, 32)).float()
+    queries = torch.tensor([[[0.0, 5.0, 5.0]], [[2.0, 20.0, 9.0]]])
+    tracks, vis = predictor(video, queries)
+    assert tracks.shape == (2, 6, 1, 2) and vis.shape == (2, 6, 1)
+
+
+def test_tracker_rejects_bad_queries(backbone):
+    video = np.zeros((6, 32, 32, 3), np.uint8)
+    tracker = DiffTracker(backbone, num_steps=10, steps=[5])
+    with pytest.raises(UserError, match="query frame 6"):
+        tracker(video, np.array([[6, 1, 1]], np.float32))
+    with pytest.raises(UserError, match="outside"):
+        tracker(video, np.array([[0, 40, 1]], np.float32))
+    with pytest.raises(UserError, match="no query points"):
+        tracker(video, np.zeros((0, 3), np.float32))
+    with pytest.raises(UserError, match="step 10 is out of range"):
+        DiffTracker(backbone, num_steps=10, steps=[10])
+    with pytest.raises(UserError, match="layer 5 is out of range"):
+        DiffTracker(backbone, layers=[5])
+
+
+def _video(tmp_path, frames=6):
+    path = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(1)
+    write_video(path, rng.integers(0, 255, (frames, 32, 48, 3), dtype=np.uint8), fps=8)
+    return path
+
+
+def test_track_cli_writes_documented_outputs(tmp_path, pipeline_dir):
+    video = _video(tmp_path)
+    pts = tmp_path / "pts.json"
+    pts.write_text(json.dumps([{"t": 0, "x": 4.0, "y": 5.0}, [2, 30.0, 20.0]]))
+    out = tmp_path / "res"
+    code = main(["track", str(video), "--points", str(pts), "--model", str(pipeline_dir), "--num-steps", "10",
+                 "--steps", "9", "--out", str(out)])
+    assert code == 0
+    data = np.load(out.with_suffix(".npz"))
+    assert data["tracks"].shape == (6, 2, 2) and data["tracks"].dtype == np.float32
+    assert data["visibility"].shape == (6, 2) and data["visibility"].dtype == bool
+    assert np.allclose(data["queries"], [[0, 4, 5], [2, 30, 20]])
+    meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+    assert meta["layers"] == [1] and meta["noise"] == "add" and "difftrack_version" in meta
+    assert out.with_suffix(".mp4").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "pts.json", "res.json", "res.mp4", "res.npz"]
+
+
+@pytest.mark.parametrize("points, message", [
+    ("not json", "not valid JSON"),
+    ("[]", "non-empty"),
+    ('[{"t": 0, "x": 1}]', "point 0"),
+    ('[[0, 100, 1]]', "outside"),
+    ('[[7, 1, 1]]', "query frame 7"),
+])
+def test_track_cli_bad_points_fail_cleanly(tmp_path, pipeline_dir, capsys, points, message):
+    video = _video(tmp_path)
+    pts = tmp_path / "pts.json"
+    pts.write_text(points)
+    code = main(["track", str(video), "--points", str(pts), "--model", str(pipeline_dir), "--out",
+                 str(tmp_path / "res")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not list(tmp_path.glob("res*")) and not list(tmp_path.glob(".res*"))
+
+
+def test_track_cli_missing_video_and_unknown_model(tmp_path, capsys):
+    assert main(["track", str(tmp_path / "nope.mp4"), "--grid", "2"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    video = _video(tmp_path)
+    assert main(["track", str(video), "--grid", "2", "--model", "no-such-model"]) == 2
+    assert "unknown model" in capsys.readouterr().err
