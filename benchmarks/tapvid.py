@@ -1,0 +1,295 @@
+"""TAP-Vid benchmark: difftrack's tracker next to zero motion and Lucas-Kanade, same reader, same metrics.
+
+    python benchmarks/tapvid.py --dataset davis --root tapvid_davis/ --mode first --out results/davis
+    torchrun --nproc_per_node 2 benchmarks/tapvid.py --dataset kinetics --root tapvid_kinetics/ ...
+
+Frames are resized to 256x256 and ground truth scaled to raster pixels (the TAP-Vid protocol); queries
+are sampled per --mode and every tracker gets them as (t, x, y) raster pixels. Outputs in --out DIR
+(conventions.md, "TAP-Vid benchmark"):
+
+- summary.json {tracker: {metric: value in [0, 1]}} averaged over videos, summary.md (the same, x100);
+- per_video.csv, one row per (tracker, video);
+- predictions_{tracker}.npz: per video v, ``v/tracks`` float32 (N, T, 2) raster (x, y) and
+  ``v/occluded`` bool (N, T) for every track in its original order (the prediction from the track's
+  first query; never-queried tracks hold zeros and occluded True), and, so that 'strided' runs can be
+  re-scored too, every query: ``v/queries`` (Q, 3) as (t, x, y) raster, ``v/query_track`` (Q,) track
+  index, ``v/query_tracks`` (Q, T, 2), ``v/query_occluded`` (Q, T).
+
+Per-video results go to DIR/partial/{tracker}/ as they finish, so an interrupted run resumes where it
+stopped. Under torchrun each rank takes the videos with index % world_size == rank and rank 0 gathers
+and writes the outputs; the result equals a single-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from difftrack.data.tapvid import DATASETS, TapVidReader, sample_queries, to_protocol
+from difftrack.errors import UserError
+from difftrack.io import atomic_path, save_npz, write_json
+from difftrack.metrics import METRIC_NAMES, QUERY_MODES, average_over_videos, compute_tapvid_metrics
+
+TRACKERS = ("difftrack", "zero_motion", "lucas_kanade")
+SUMMARY_COLUMNS = (("AJ", "average_jaccard"), ("delta_avg", "average_pts_within_thresh"),
+                   ("OA", "occlusion_accuracy"), ("delta_1", "pts_within_1"), ("delta_2", "pts_within_2"),
+                   ("delta_4", "pts_within_4"), ("delta_8", "pts_within_8"), ("delta_16", "pts_within_16"),
+                   ("J_1", "jaccard_1"), ("J_2", "jaccard_2"), ("J_4", "jaccard_4"), ("J_8", "jaccard_8"),
+                   ("J_16", "jaccard_16"))
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see python benchmarks/tapvid.py --help)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _OneLineErrors(description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--root", required=True,
+                        help="directory holding the dataset's files, or the DAVIS / RGB-Stacking pickle itself")
+    parser.add_argument("--mode", default="first", choices=QUERY_MODES, help="query sampling (default: first)")
+    parser.add_argument("--model", default=None,
+                        help="difftrack's model: registry name, hub id or local directory (default: the embedded "
+                             "default, first in `difftrack models`)")
+    parser.add_argument("--trackers", default=",".join(TRACKERS),
+                        help=f"comma-separated subset of {','.join(TRACKERS)} (default: all)")
+    parser.add_argument("--out", default=None, help="output directory (default: ./tapvid-DATASET-MODE)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N videos in sorted order")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    args.trackers = [t.strip() for t in args.trackers.split(",") if t.strip()]
+    unknown = [t for t in args.trackers if t not in TRACKERS]
+    if unknown or not args.trackers:
+        raise UserError(f"unknown tracker {', '.join(unknown) or '(none given)'} in --trackers; choose from "
+                        f"{','.join(TRACKERS)}")
+    if len(set(args.trackers)) != len(args.trackers):
+        raise UserError(f"--trackers lists a tracker twice: {','.join(args.trackers)}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be a positive number of videos, got {args.limit}")
+    args.out = Path(args.out or f"tapvid-{args.dataset}-{args.mode}")
+    return args
+
+
+def build_trackers(names: list[str], model: str | None) -> dict:
+    from difftrack.baselines import BASELINES
+
+    trackers = {}
+    for name in names:
+        if name != "difftrack":
+            trackers[name] = BASELINES[name]
+            continue
+        try:
+            from difftrack.tracker import DiffTracker
+        except ModuleNotFoundError as exc:
+            if exc.name != "difftrack.tracker":
+                raise
+            raise UserError("difftrack's tracker (difftrack.tracker) is not in this install; "
+                            "run the reference trackers with --trackers zero_motion,lucas_kanade") from None
+        trackers[name] = DiffTracker(model=model)
+    return trackers
+
+
+def evaluate_video(tracker, frames: np.ndarray, points: np.ndarray, occluded: np.ndarray, mode: str) -> dict:
+    """Run one tracker on one protocol-sized video; metrics and predictions as plain arrays."""
+    queries = sample_queries(points, occluded, mode)
+    num_tracks, num_frames = occluded.shape
+    num_queries = len(queries.query_points)
+    if num_queries:
+        tracks, visible = tracker(frames, queries.query_points)
+        query_tracks = np.asarray(tracks, dtype=np.float32).transpose(1, 0, 2)
+        query_occluded = ~np.asarray(visible, dtype=bool).T
+    else:
+        query_tracks = np.zeros((0, num_frames, 2), np.float32)
+        query_occluded = np.zeros((0, num_frames), bool)
+    metrics = compute_tapvid_metrics(queries.query_points, queries.occluded, queries.target_points,
+                                     query_occluded, query_tracks, mode)
+    track_tracks = np.zeros((num_tracks, num_frames, 2), np.float32)
+    track_occluded = np.ones((num_tracks, num_frames), bool)
+    queried, first_query = np.unique(queries.track_index, return_index=True)
+    track_tracks[queried] = query_tracks[first_query]
+    track_occluded[queried] = query_occluded[first_query]
+    return {"metrics": metrics, "tracks": track_tracks, "occluded": track_occluded,
+            "queries": queries.query_points, "query_track": queries.track_index,
+            "query_tracks": query_tracks, "query_occluded": query_occluded}
+
+
+class PartialStore:
+    """Finished per-video results of one tracker, one atomically written .npz per video index."""
+
+    ARRAYS = ("tracks", "occluded", "queries", "query_track", "query_tracks", "query_occluded")
+
+    def __init__(self, out: Path, tracker: str, run: dict):
+        self.directory = out / "partial" / tracker
+        self.run = run
+
+    def check(self) -> None:
+        """Refuse to mix results of a different run (dataset, root, mode or model) into this one."""
+        config = self.directory / "run.json"
+        if config.is_file() and json.loads(config.read_text()) != self.run:
+            raise UserError(f"{self.directory} holds results of another run ({json.dumps(json.loads(config.read_text()))}"
+                            f"); choose another --out or delete that folder")
+
+    def create(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / "run.json").is_file():
+            write_json(self.directory / "run.json", self.run)
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"{index:06d}.npz"
+
+    def load(self, index: int, name: str) -> dict | None:
+        path = self._path(index)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            if str(data["name"]) != name:
+                return None
+            result = {key: data[key] for key in self.ARRAYS}
+            result["metrics"] = dict(zip(METRIC_NAMES, data["metrics"].tolist()))
+        return result
+
+    def save(self, index: int, name: str, result: dict) -> None:
+        save_npz(self._path(index), name=np.array(name),
+                 metrics=np.array([result["metrics"][m] for m in METRIC_NAMES], np.float64),
+                 **{key: result[key] for key in self.ARRAYS})
+
+
+def _distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def run(args: argparse.Namespace) -> None:
+    reader = TapVidReader(args.dataset, args.root)
+    run_config = {"dataset": args.dataset, "source": str(reader.source), "mode": args.mode}
+    stores = {}
+    for name in args.trackers:
+        config = dict(run_config, model=args.model or _default_model()) if name == "difftrack" else run_config
+        stores[name] = PartialStore(args.out, name, config)
+        stores[name].check()
+    trackers = build_trackers(args.trackers, args.model)
+
+    rank, world = _distributed()
+    if rank == 0:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for store in stores.values():
+            store.create()
+    _barrier(world)
+
+    total = reader.num_videos if args.limit is None else min(args.limit, reader.num_videos or args.limit)
+    mine = None if total is None else len(range(rank, total, world))
+    local = []
+    with tqdm(total=mine, desc=f"tapvid {args.dataset} ({args.mode})", unit="video", disable=rank != 0) as bar:
+        for index, (name, load) in enumerate(itertools.islice(reader.entries(), args.limit)):
+            if index % world != rank:
+                continue
+            results = {tracker: stores[tracker].load(index, name) for tracker in trackers}
+            missing = [tracker for tracker, result in results.items() if result is None]
+            if missing:
+                sample = load()
+                frames, points = to_protocol(sample)
+                for tracker in missing:
+                    results[tracker] = evaluate_video(trackers[tracker], frames, points, sample.occluded,
+                                                      args.mode)
+                    stores[tracker].save(index, name, results[tracker])
+            bar.update(1)
+            local.append((index, name, results))
+    gathered = _gather(local, world)
+    if rank == 0:
+        write_outputs(args.out, args.trackers, sorted(gathered, key=lambda item: item[0]))
+
+
+def _default_model() -> str:
+    from difftrack.backbones import DEFAULT_BACKBONE
+
+    return DEFAULT_BACKBONE
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gather(local: list, world: int) -> list:
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    gathered = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    dist.destroy_process_group()
+    return [item for part in gathered for item in part] if gathered is not None else []
+
+
+def write_outputs(out: Path, tracker_names: list[str], videos: list) -> None:
+    summary = {t: average_over_videos([results[t]["metrics"] for _, _, results in videos]) for t in tracker_names}
+    write_json(out / "summary.json", {t: {m: _json_number(v) for m, v in s.items()} for t, s in summary.items()})
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["tracker", "video", "num_tracks", "num_queries", *METRIC_NAMES])
+    for tracker in tracker_names:
+        for _, name, results in videos:
+            r = results[tracker]
+            writer.writerow([tracker, name, len(r["tracks"]), len(r["queries"]),
+                             *(f"{r['metrics'][m]:.6f}" for m in METRIC_NAMES)])
+    with atomic_path(out / "per_video.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+
+    for tracker in tracker_names:
+        arrays = {}
+        for _, name, results in videos:
+            for key in PartialStore.ARRAYS:
+                arrays[f"{name}/{key}"] = results[tracker][key]
+        save_npz(out / f"predictions_{tracker}.npz", **arrays)
+
+    lines = [f"TAP-Vid metrics x100, averaged over {len(videos)} videos.", "",
+             "| tracker | " + " | ".join(label for label, _ in SUMMARY_COLUMNS) + " |",
+             "|---|" + "---:|" * len(SUMMARY_COLUMNS)]
+    for tracker in tracker_names:
+        cells = [_percent(summary[tracker][metric]) for _, metric in SUMMARY_COLUMNS]
+        lines.append(f"| {tracker} | " + " | ".join(cells) + " |")
+    with atomic_path(out / "summary.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        run(parse_args(argv))
+        return 0
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""TAP-Vid readers (DAVIS, RGB-Stacking, Kinetics), the 256x256 evaluation protocol and query sampling.
+
+Coordinates: our API is (t, x, y) everywhere, x and y in raster pixels with pixel centres at i + 0.5.
+tapnet's own readers emit query points as (t, y, x); nothing here does. The pickles store
+``points`` as (x, y) normalised to [0, 1], so raster pixels at 256x256 are ``points * 256``.
+
+Pickles are untrusted input: they are read by ``restricted_load``, which only rebuilds numpy arrays,
+numpy scalars, dtypes and builtin containers and refuses every other global before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from difftrack.errors import UserError
+from difftrack.metrics import QUERY_MODES
+
+DATASETS = ("davis", "kinetics", "rgb_stacking")
+PROTOCOL_SIZE = 256
+QUERY_STRIDE = 5
+
+DAVIS_FILE = "tapvid_davis.pkl"
+RGB_STACKING_FILE = "tapvid_rgb_stacking.pkl"
+KINETICS_SHARD_GLOB = "*_of_0010.pkl"
+
+# Everything a TAP-Vid pickle needs, under both numpy 1.x (numpy.core) and 2.x (numpy._core) module
+# names; set/frozenset/bytearray and _codecs.encode are how builtin containers and bytes are
+# spelled by pickle protocols below 3 and 4.
+_ALLOWED_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytearray"),
+    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "bytearray"),
+    ("_codecs", "encode"),
+})
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file)
+        self._source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UserError(f"refusing to load {self._source}: it references {module}.{name}, but a TAP-Vid "
+                            f"pickle may only hold numpy arrays, numpy scalars and builtin containers")
+        return super().find_class(module, name)
+
+
+def restricted_load(path: str | os.PathLike):
+    """Unpickle ``path`` allowing only numpy arrays / scalars / dtypes and builtin containers."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return _NumpyOnlyUnpickler(fh, str(path)).load()
+    except UserError:
+        raise
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not a TAP-Vid pickle
+        raise UserError(f"{path} is not a readable TAP-Vid pickle ({type(exc).__name__}: {exc}); "
+                        f"download the dataset files again") from None
+
+
+@dataclass
+class TapVidVideo:
+    """One TAP-Vid entry at its stored resolution."""
+
+    name: str
+    video: np.ndarray  # uint8 (T, H, W, 3) RGB
+    points: np.ndarray  # float32 (N, T, 2) (x, y) normalised to [0, 1]
+    occluded: np.ndarray  # bool (N, T)
+
+
+@dataclass
+class TapVidQueries:
+    """Queries of one video and their ground truth, one row per query (a track can be queried several times)."""
+
+    query_points: np.ndarray  # float32 (Q, 3) as (t, x, y), raster pixels
+    track_index: np.ndarray  # int64 (Q,) which track of the video each query belongs to
+    target_points: np.ndarray  # float32 (Q, T, 2) raster (x, y)
+    occluded: np.ndarray  # bool (Q, T)
+
+
+class TapVidReader:
+    """Lists and loads the videos of one TAP-Vid dataset in sorted order.
+
+    ``root`` is the directory holding the dataset's files or, for DAVIS and RGB-Stacking, the pickle
+    itself. DAVIS videos are named by their key, RGB-Stacking videos by their zero-padded index,
+    Kinetics videos by ``<shard>_<index in shard>`` (e.g. ``0003_of_0010_0012``); shards are read in
+    sorted order, one at a time.
+    """
+
+    def __init__(self, dataset: str, root: str | os.PathLike):
+        if dataset not in DATASETS:
+            raise UserError(f"unknown TAP-Vid dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+        self.dataset = dataset
+        root = Path(root)
+        if not root.exists():
+            raise UserError(f"TAP-Vid root {root} does not exist; pass the {dataset} directory or its pickle")
+        self._entries: dict | list | None = None
+        self._shards: list[Path] = []
+        if dataset == "kinetics":
+            shards = sorted(root.glob(KINETICS_SHARD_GLOB)) if root.is_dir() else []
+            if not shards:
+                raise UserError(f"{root} holds no Kinetics shards ({KINETICS_SHARD_GLOB}); pass the "
+                                f"tapvid_kinetics directory made by tapnet's generate_tapvid.py")
+            self._shards = shards
+            self.source = root.resolve()
+            return
+        expected = DAVIS_FILE if dataset == "davis" else RGB_STACKING_FILE
+        path = root / expected if root.is_dir() else root
+        if not path.is_file():
+            raise UserError(f"{root} has no {expected}; pass the directory holding it or the pickle itself")
+        entries = restricted_load(path)
+        want = dict if dataset == "davis" else list
+        if not isinstance(entries, want):
+            raise UserError(f"{path} holds a {type(entries).__name__}, but a TAP-Vid {dataset} pickle holds a "
+                            f"{want.__name__} of videos")
+        self.source = path.resolve()
+        self._entries = entries
+
+    @property
+    def num_videos(self) -> int | None:
+        """Number of videos, or None for Kinetics (known only after reading every shard)."""
+        return None if self._entries is None else len(self._entries)
+
+    def entries(self) -> Iterator[tuple[str, Callable[[], TapVidVideo]]]:
+        """Yield ``(name, load)`` in sorted order; ``load()`` decodes that video only when called."""
+        if isinstance(self._entries, dict):
+            for name in sorted(self._entries):
+                yield name, _loader(self._entries[name], str(name), self.source)
+        elif isinstance(self._entries, list):
+            width = max(4, len(str(len(self._entries) - 1)))
+            for i, entry in enumerate(self._entries):
+                name = f"{i:0{width}d}"
+                yield name, _loader(entry, name, self.source)
+        else:
+            for shard in self._shards:
+                entries = restricted_load(shard)
+                if not isinstance(entries, list):
+                    raise UserError(f"{shard} holds a {type(entries).__name__}, but a Kinetics shard holds a "
+                                    f"list of videos")
+                for i, entry in enumerate(entries):
+                    name = f"{shard.stem}_{i:04d}"
+                    yield name, _loader(entry, name, shard)
+                del entries
+
+    def load(self, name: str) -> TapVidVideo:
+        for entry_name, load in self.entries():
+            if entry_name == name:
+                return load()
+        raise UserError(f"{self.dataset} has no video named {name!r}")
+
+
+def _loader(entry, name: str, source: Path) -> Callable[[], TapVidVideo]:
+    return lambda: _parse_entry(entry, name, source)
+
+
+def _parse_entry(entry, name: str, source: Path) -> TapVidVideo:
+    if not isinstance(entry, dict) or not {"video", "points", "occluded"} <= set(entry):
+        raise UserError(f"video {name} in {source} is not a TAP-Vid entry (a dict with 'video', 'points' and "
+                        f"'occluded')")
+    video = entry["video"]
+    if isinstance(video, (list, tuple)):
+        video = np.stack([_decode_jpeg(frame, name, source) for frame in video])
+    video = np.asarray(video)
+    points = np.asarray(entry["points"], dtype=np.float32)
+    occluded = np.asarray(entry["occluded"]).astype(bool)
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+        raise UserError(f"video {name} in {source} has frames {video.dtype} {video.shape}; expected uint8 "
+                        f"(T, H, W, 3)")
+    num_frames = video.shape[0]
+    if points.ndim != 3 or points.shape[1:] != (num_frames, 2) or occluded.shape != points.shape[:2]:
+        raise UserError(f"video {name} in {source} has points {points.shape} and occluded {occluded.shape}; "
+                        f"expected (N, {num_frames}, 2) and (N, {num_frames})")
+    return TapVidVideo(name, video, points, occluded)
+
+
+def _decode_jpeg(data, name: str, source: Path) -> np.ndarray:
+    import cv2
+
+    frame = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise UserError(f"video {name} in {source} holds a frame that is not a decodable JPEG")
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def to_protocol(sample: TapVidVideo, size: int = PROTOCOL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation protocol: frames resized to ``size`` x ``size``, ground truth in raster pixels.
+
+    Returns ``(frames uint8 (T, size, size, 3), points float32 (N, T, 2) raster (x, y))``.
+    """
+    import cv2
+
+    height, width = sample.video.shape[1:3]
+    if (height, width) == (size, size):
+        frames = sample.video.copy()
+    else:
+        shrinking = height * width > size * size
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        frames = np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in sample.video])
+    return frames, (sample.points * np.float32(size)).astype(np.float32)
+
+
+def sample_queries(points: np.ndarray, occluded: np.ndarray, mode: str,
+                   stride: int = QUERY_STRIDE) -> TapVidQueries:
+    """Query points and their ground truth for one video.
+
+    ``points`` (N, T, 2) raster (x, y), ``occluded`` (N, T). 'first': each track queried at its first
+    visible frame, never-visible tracks dropped, in track order. 'strided': at frames 0, stride,
+    2 * stride, ... every track visible there becomes a query, ordered by frame then track (tapnet's order).
+    """
+    if mode not in QUERY_MODES:
+        raise UserError(f"unknown query mode {mode!r}; choose one of {', '.join(QUERY_MODES)}")
+    points = np.asarray(points, dtype=np.float32)
+    occluded = np.asarray(occluded, dtype=bool)
+    visible = ~occluded
+    if mode == "first":
+        tracks = np.flatnonzero(visible.any(axis=1))
+        frames = visible[tracks].argmax(axis=1)
+    else:
+        frame_track = [(t, n) for t in range(0, occluded.shape[1], stride) for n in np.flatnonzero(visible[:, t])]
+        frames = np.array([t for t, _ in frame_track], dtype=np.int64)
+        tracks = np.array([n for _, n in frame_track], dtype=np.int64)
+    xy = points[tracks, frames] if len(tracks) else np.zeros((0, 2), np.float32)
+    query_points = np.concatenate([frames[:, None].astype(np.float32), xy], axis=1).astype(np.float32)
+    return TapVidQueries(query_points=query_points.reshape(-1, 3), track_index=tracks.astype(np.int64),
+                         target_points=points[tracks], occluded=occluded[tracks])
