@@ -156,6 +156,11 @@ class Backbone:
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
+    def encode_conditioning(self, prompts: list[str]) -> tuple[torch.Tensor, dict]:
+        """Text embeddings plus any further keyword arguments :meth:`predict` needs for these prompts
+        (HunyuanVideo: the CLIP pooled projection and the text mask); ``predict(latents, t, embeds, **extras)``."""
+        return self.encode_prompt(prompts), {}
+
     # ----- one denoising forward ---------------------------------------------------------------
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor, **extra) -> torch.Tensor:
         """One transformer forward; returns the model's own prediction (noise, v or flow) shaped like latents."""

@@ -1,0 +1,180 @@
+"""HunyuanVideo adapter (diffusers ``HunyuanVideoTransformer3DModel``).
+
+Text comes LAST in HunyuanVideo's joint sequence. The model has dual-stream blocks (video and text
+have their own projections and q/k norms: ``to_q``/``norm_q`` for video, ``add_q_proj``/
+``norm_added_q`` for text) followed by single-stream blocks (one set of projections over the
+concatenated [video, text] sequence). Both kinds count as layers, in forward order. The stock
+processor applies per-head RMS q/k norm, then RoPE to the video tokens only (``sequence_dim=1``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from difftrack.backbones import (
+    Backbone,
+    ProcessorCall,
+    hub_weights_present,
+    load_component,
+    register_backbone,
+    register_pipeline_loader,
+)
+
+HUB_ID = "hunyuanvideo-community/HunyuanVideo"
+
+
+class HunyuanVideoBackbone(Backbone):
+    family = "hunyuanvideo"
+    text_position = "last"
+
+    def __init__(self, name, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source="",
+                 text_encoder_2=None, tokenizer_2=None, max_sequence_length: int = 256, guidance_scale: float = 6.0):
+        super().__init__(name, transformer, scheduler, vae, text_encoder, tokenizer, source)
+        self.text_encoder_2 = text_encoder_2
+        self.tokenizer_2 = tokenizer_2
+        self.max_sequence_length = max_sequence_length
+        self.guidance_scale = guidance_scale
+        self._pipeline = None
+
+    @property
+    def layers(self):
+        return ([block.attn for block in self.transformer.transformer_blocks]
+                + [block.attn for block in self.transformer.single_transformer_blocks])
+
+    @property
+    def num_dual_layers(self) -> int:
+        return len(self.transformer.transformer_blocks)
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.vae.config.spatial_compression_ratio
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.vae.config.temporal_compression_ratio
+
+    def prediction_type(self) -> str:
+        return "flow"
+
+    # ----- video <-> latents -------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_video(self, video, frame_as_latent=False):
+        b, t = video.shape[:2]
+        video = video.to(self.vae.device, self.vae.dtype)
+        if frame_as_latent:
+            frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
+            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
+            lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
+        else:
+            self.check_frame_count(t)
+            lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
+        return (lat * self.vae.config.scaling_factor).to(self.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents):
+        lat = (latents / self.vae.config.scaling_factor).to(self.vae.dtype).permute(0, 2, 1, 3, 4)
+        return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+
+    # ----- text --------------------------------------------------------------------------------
+    @property
+    def pipeline(self):
+        """A stock HunyuanVideoPipeline over the same component objects, for its own prompt encoding."""
+        if self._pipeline is None:
+            from diffusers import HunyuanVideoPipeline
+
+            self._pipeline = HunyuanVideoPipeline(
+                text_encoder=self.text_encoder, tokenizer=self.tokenizer, transformer=self.transformer, vae=self.vae,
+                scheduler=self.scheduler, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2)
+        return self._pipeline
+
+    @torch.no_grad()
+    def encode_conditioning(self, prompts):
+        """Llama hidden states (text tokens), CLIP pooled projection and the text mask, as the stock pipeline makes them.
+
+        The padding after the batch's longest prompt is dropped: HunyuanVideo masks padded text keys
+        out of every attention, so the prediction is unchanged, and the text tokens the capture hands
+        out (text_key, geometry) are then the real ones for a single prompt.
+        """
+        embeds, pooled, mask = self.pipeline.encode_prompt(list(prompts), device=self.device, dtype=self.dtype,
+                                                           max_sequence_length=self.max_sequence_length)
+        keep = max(int(mask.sum(dim=1).max()), 1)
+        return embeds[:, :keep], {"pooled_projections": pooled, "prompt_attention_mask": mask[:, :keep]}
+
+    def encode_prompt(self, prompts):
+        return self.encode_conditioning(prompts)[0]
+
+    # ----- forward -----------------------------------------------------------------------------
+    def predict(self, latents, timestep, prompt_embeds, pooled_projections=None, prompt_attention_mask=None,
+                guidance_scale=None, **extra):
+        if pooled_projections is None:
+            raise ValueError("HunyuanVideo needs the CLIP pooled projection: get it with "
+                             "backbone.encode_conditioning(prompts) and pass its extras to predict")
+        b = latents.shape[0]
+        if prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=latents.device)
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        guidance = torch.full((b,), scale * 1000.0, dtype=latents.dtype, device=latents.device)
+        timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(b).to(latents.dtype)
+        out = self.transformer(hidden_states=latents.permute(0, 2, 1, 3, 4), timestep=timestep,
+                               encoder_hidden_states=prompt_embeds, encoder_attention_mask=prompt_attention_mask,
+                               pooled_projections=pooled_projections, guidance=guidance, return_dict=False)[0]
+        return out.permute(0, 2, 1, 3, 4)
+
+    # ----- capture -----------------------------------------------------------------------------
+    @staticmethod
+    def _dual_stream(attn) -> bool:
+        return attn.add_q_proj is not None
+
+    def capture_targets(self, attn):
+        if self._dual_stream(attn):
+            return ["norm_q", "norm_k", "norm_added_k"]
+        return ["norm_q", "norm_k"]
+
+    def split_descriptors(self, attn, call: ProcessorCall):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        q, k = call.hooked["norm_q"], call.hooked["norm_k"]  # (B, S, H, D)
+        if self._dual_stream(attn):
+            qv, kv, kt = q, k, call.hooked["norm_added_k"]
+        else:
+            text_len = call.encoder_hidden_states.shape[1]
+            qv, kv, kt = q[:, :-text_len], k[:, :-text_len], k[:, -text_len:]
+        if call.rotary is not None:
+            qv = apply_rotary_emb(qv, call.rotary, sequence_dim=1)
+            kv = apply_rotary_emb(kv, call.rotary, sequence_dim=1)
+        return qv.transpose(1, 2), kv.transpose(1, 2), kt.transpose(1, 2)
+
+    def video_feature(self, attn, call: ProcessorCall, output):
+        if self._dual_stream(attn):
+            return call.hooked["to_out_in"]
+        # Single-stream attention has no to_out (the block projects attention and MLP together); the
+        # processor returns the attention output split into video and text.
+        return output[0]
+
+
+def _load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+    from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
+
+    transformer = load_component(HunyuanVideoTransformer3DModel, where, "transformer", torch_dtype=dtype)
+    vae = load_component(AutoencoderKLHunyuanVideo, where, "vae", torch_dtype=dtype)
+    text_encoder = load_component(LlamaModel, where, "text_encoder", torch_dtype=dtype)
+    tokenizer = load_component(AutoTokenizer, where, "tokenizer")
+    text_encoder_2 = load_component(CLIPTextModel, where, "text_encoder_2", torch_dtype=dtype)
+    tokenizer_2 = load_component(AutoTokenizer, where, "tokenizer_2")
+    scheduler = load_component(FlowMatchEulerDiscreteScheduler, where, "scheduler")
+    for m in (transformer, vae, text_encoder, text_encoder_2):
+        m.to(device).eval().requires_grad_(False)
+    return HunyuanVideoBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where,
+                                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **kwargs)
+
+
+@register_pipeline_loader("HunyuanVideoPipeline")
+def load_hunyuan_video(where, **kw):
+    return _load(where, **kw)
+
+
+@register_backbone("hunyuanvideo", source=HUB_ID, weights_present=hub_weights_present(HUB_ID),
+                   description="HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")
+def hunyuanvideo(**kw):
+    return load_hunyuan_video(HUB_ID, name="hunyuanvideo", **kw)

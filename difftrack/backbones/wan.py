@@ -1,0 +1,164 @@
+"""Wan 2.1 adapter (diffusers ``WanTransformer3DModel``).
+
+Wan keeps text out of its 3D self-attention: each block runs self-attention ``attn1`` over the
+video tokens only, then a separate cross-attention ``attn2`` to the UMT5 text tokens. The layers
+are the ``attn1`` modules; there is no text key in the joint sequence. Its q/k RMS norm acts on the
+flattened (B, S, H * D) projections, before the heads are split, and RoPE is an inline interleaved
+cos/sin formula inside ``WanAttnProcessor`` (rebuilt in :func:`wan_rotary`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from difftrack.backbones import (
+    Backbone,
+    ProcessorCall,
+    hub_weights_present,
+    load_component,
+    register_backbone,
+    register_pipeline_loader,
+)
+
+HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's RoPE on (B, S, H, D): channel pairs (2i, 2i + 1) rotate by the angle whose cos/sin the
+    rotary module repeats at (2i, 2i + 1); the same formula as the stock WanAttnProcessor."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class WanBackbone(Backbone):
+    family = "wan"
+    text_position = "separate"
+
+    def __init__(self, name, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source="",
+                 max_sequence_length: int = 512):
+        super().__init__(name, transformer, scheduler, vae, text_encoder, tokenizer, source)
+        self.max_sequence_length = max_sequence_length
+        self._pipeline = None
+
+    @property
+    def layers(self):
+        return [block.attn1 for block in self.transformer.blocks]
+
+    @property
+    def patch_size(self) -> int:
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        if p_h != p_w:
+            raise NotImplementedError(f"non-square Wan patches {p_h}x{p_w} are not supported")
+        return p_h
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.vae.config.scale_factor_spatial
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.vae.config.scale_factor_temporal
+
+    def prediction_type(self) -> str:
+        return "flow"
+
+    # ----- video <-> latents -------------------------------------------------------------------
+    def _latent_stats(self, like: torch.Tensor):
+        cfg = self.vae.config
+        shape = (1, 1, cfg.z_dim, 1, 1)  # (B, F, C, h, w) layout
+        mean = torch.tensor(cfg.latents_mean, device=like.device, dtype=like.dtype).view(shape)
+        std = torch.tensor(cfg.latents_std, device=like.device, dtype=like.dtype).view(shape)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_video(self, video, frame_as_latent=False):
+        b, t = video.shape[:2]
+        video = video.to(self.vae.device, self.vae.dtype)
+        if frame_as_latent:
+            frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
+            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
+            lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
+        else:
+            self.check_frame_count(t)
+            lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
+        mean, std = self._latent_stats(lat)
+        return ((lat - mean) / std).to(self.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents):
+        lat = latents.to(self.vae.dtype)
+        mean, std = self._latent_stats(lat)
+        lat = (lat * std + mean).permute(0, 2, 1, 3, 4)
+        return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+
+    # ----- text --------------------------------------------------------------------------------
+    @property
+    def pipeline(self):
+        """A stock WanPipeline over the same component objects, for its own prompt encoding."""
+        if self._pipeline is None:
+            from diffusers import WanPipeline
+
+            self._pipeline = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+                                         transformer=self.transformer, vae=self.vae, scheduler=self.scheduler)
+        return self._pipeline
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts):
+        embeds, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                                                max_sequence_length=self.max_sequence_length,
+                                                device=self.device, dtype=self.dtype)
+        return embeds
+
+    # ----- forward -----------------------------------------------------------------------------
+    def predict(self, latents, timestep, prompt_embeds, **extra):
+        b = latents.shape[0]
+        timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(b)
+        out = self.transformer(hidden_states=latents.permute(0, 2, 1, 3, 4), timestep=timestep,
+                               encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        return out.permute(0, 2, 1, 3, 4)
+
+    # ----- capture -----------------------------------------------------------------------------
+    def capture_targets(self, attn):
+        return ["norm_q", "norm_k"]
+
+    def split_descriptors(self, attn, call: ProcessorCall):
+        q = call.hooked["norm_q"].unflatten(2, (attn.heads, -1))  # (B, S, H, D)
+        k = call.hooked["norm_k"].unflatten(2, (attn.heads, -1))
+        if call.rotary is not None:
+            q = wan_rotary(q, *call.rotary)
+            k = wan_rotary(k, *call.rotary)
+        return q.transpose(1, 2), k.transpose(1, 2), None
+
+    def video_feature(self, attn, call: ProcessorCall, output):
+        return call.hooked["to_out_in"]
+
+
+def _load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    transformer = load_component(WanTransformer3DModel, where, "transformer", torch_dtype=dtype)
+    # The stock pipeline runs the Wan VAE in float32 whatever the transformer's dtype.
+    vae = load_component(AutoencoderKLWan, where, "vae", torch_dtype=torch.float32)
+    text_encoder = load_component(UMT5EncoderModel, where, "text_encoder", torch_dtype=dtype)
+    tokenizer = load_component(AutoTokenizer, where, "tokenizer")
+    scheduler = load_component(UniPCMultistepScheduler, where, "scheduler")
+    for m in (transformer, vae, text_encoder):
+        m.to(device).eval().requires_grad_(False)
+    return WanBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where, **kwargs)
+
+
+@register_pipeline_loader("WanPipeline")
+def load_wan(where, **kw):
+    return _load(where, **kw)
+
+
+@register_backbone("wan2.1-t2v-1.3b", source=HUB_ID, weights_present=hub_weights_present(HUB_ID),
+                   description="Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")
+def wan21_t2v_1_3b(**kw):
+    return load_wan(HUB_ID, name="wan2.1-t2v-1.3b", **kw)
