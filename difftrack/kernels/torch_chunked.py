@@ -45,10 +45,11 @@ def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_bu
 
 
 def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1.0, window=1, reverse=None,
-                memory_budget=DEFAULT_MEMORY_BUDGET, head_chunk=1):
+                memory_budget=DEFAULT_MEMORY_BUDGET, head_chunk=None):
     dtype = accumulation_dtype(query, key, text_key)
     device = query.device
     heads, points, _ = query.shape
+    head_chunk = heads if head_chunk is None else min(head_chunk, heads)
     tokens = grid_h * grid_w
     video = key.shape[1]
     frames = video // tokens
@@ -65,10 +66,10 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
     # Averaging the two directions folds into the forward coefficients: cost = sum_h p_h / (2H) + backward / 2.
     forward_weight = (0.5 if backward is not None else 1.0) / heads
 
-    logit_buffer = torch.empty(head_chunk * query_chunk * video, dtype=dtype, device=device)
-    cost_buffer = torch.empty(query_chunk * video, dtype=dtype, device=device)
-    joint_buffer = torch.empty(query_chunk * video, dtype=dtype, device=device)
-    same_dtype_keys = key.dtype == dtype
+    exp_buffer = torch.empty(head_chunk * query_chunk * video, dtype=dtype, device=device)
+    # Head averages of both softmaxes, interleaved per (point, frame) so one batched matmul over heads fills them.
+    average_buffer = torch.empty(query_chunk * frames * 2 * tokens, dtype=dtype, device=device)
+    coef_buffer = torch.empty(query_chunk * frames * 2 * head_chunk, dtype=dtype, device=device)
     text_keys = None if text_key is None else text_key.to(dtype)
 
     argmax = torch.empty(points, frames, dtype=torch.int64, device=device)
@@ -83,15 +84,14 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
         n1 = min(n0 + query_chunk, points)
         count = n1 - n0
         q = query[:, n0:n1].to(dtype) * scale
-        cost = cost_buffer[:count * video].view(count, frames, tokens).zero_()
-        joint = joint_buffer[:count * video].view(count, frames, tokens).zero_()
+        averages = average_buffer[:count * frames * 2 * tokens].view(count * frames, 2, tokens).zero_()
         text_joint = torch.zeros(count, text_len, dtype=dtype, device=device)
         for h0 in range(0, heads, head_chunk):
             h1 = min(h0 + head_chunk, heads)
-            k = key[h0:h1] if same_dtype_keys else key[h0:h1].to(dtype)
-            logits = logit_buffer[:(h1 - h0) * count * video].view(h1 - h0, count, video)
-            torch.bmm(q[h0:h1], k.transpose(1, 2), out=logits)
-            per_frame = logits.view(h1 - h0, count, frames, tokens)
+            chunk_heads = h1 - h0
+            exp_logits = exp_buffer[:chunk_heads * count * video].view(chunk_heads, count, video)
+            torch.bmm(q[h0:h1], key[h0:h1].to(dtype).transpose(1, 2), out=exp_logits)
+            per_frame = exp_logits.view(chunk_heads, count, frames, tokens)
             frame_max = per_frame.amax(-1)
             per_frame.sub_(frame_max.unsqueeze(-1)).exp_()
             frame_sum = per_frame.sum(-1)
@@ -103,21 +103,24 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
                 text_sum = text_exp.sum(-1)
             frame_coef, text_coef = joint_weights(frame_max, frame_sum, text_max, text_sum)
             mass_frames[n0:n1] += (frame_sum * frame_coef).sum(0)
-            frame_inverse = frame_sum.reciprocal_().mul_(forward_weight)
-            for i in range(h1 - h0):
-                cost.addcmul_(per_frame[i], frame_inverse[i].unsqueeze(-1))
-                joint.addcmul_(per_frame[i], frame_coef[i].unsqueeze(-1))
+            coefs = coef_buffer[:count * frames * 2 * chunk_heads].view(count * frames, 2, chunk_heads)
+            coefs[:, 0] = frame_sum.reciprocal().mul_(forward_weight).view(chunk_heads, -1).T
+            coefs[:, 1] = frame_coef.view(chunk_heads, -1).T
+            # sum over heads of coefficient x exp(logit - frame max), for every (point, frame) at once
+            torch.baddbmm(averages, coefs, per_frame.view(chunk_heads, count * frames, tokens).transpose(0, 1),
+                          out=averages)
             if text_exp is not None:
                 mass_text[n0:n1] += (text_sum * text_coef).sum(0)
                 text_joint += (text_exp * text_coef.unsqueeze(-1)).sum(0)
+        cost = averages[:, 0].view(count, frames, tokens)
         if backward is not None:
-            cost.add_(backward[n0:n1], alpha=0.5)
+            cost = cost + backward[n0:n1] * 0.5
         chunk_peak, chunk_argmax = cost.max(-1)
         index, valid, centres = window_tokens(chunk_argmax, grid_h, grid_w, window)
         refined[n0:n1] = soft_argmax(cost.gather(-1, index), valid, centres.to(dtype))
         argmax[n0:n1] = chunk_argmax
         peak[n0:n1] = chunk_peak
-        max_frames[n0:n1] = joint.amax(-1).div_(heads)
+        max_frames[n0:n1] = averages[:, 1].amax(-1).view(count, frames).div_(heads)
         if text_len:
             max_text[n0:n1] = text_joint.amax(-1).div_(heads)
     mass_frames /= heads
