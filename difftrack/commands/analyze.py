@@ -1,0 +1,143 @@
+"""Measure where (layer) and when (denoising step) a video DiT's attention matches points across frames.
+
+Generated videos: each prompt is generated with each seed; descriptors are captured during that very
+generation (conditional branch) and reduced on the fly; the finished video is labelled with pseudo
+ground truth (OpenCV Lucas-Kanade by default) and every (layer, step) is scored. Real videos: the
+video is encoded and, per step, noised (--noise add), kept clean or inverted, then run once with an
+empty prompt up to the deepest requested layer. Generator clips (--synthetic-seeds) are real videos
+with exact ground truth.
+
+Writes OUT/results.json, OUT/*.csv, OUT/recommendation.json (read by `track --layers auto`),
+heatmaps and curves as PNG, and OUT/index.html. Per-video results go to OUT/videos/ as they finish:
+rerun the same command to resume. Scale out with `torchrun --nproc_per_node N difftrack analyze ...`.
+
+examples:
+  difftrack analyze --prompts prompts.txt --seeds 0 1 --steps 0 10 20 30 40 49 --out runs/analysis
+  difftrack analyze --video clip.mp4 --tracks clip_tracks.npz --noise add --out runs/clip
+  difftrack analyze --tapvid data/tapvid_davis.pkl --dataset davis --limit 5 --out runs/davis
+  difftrack analyze --synthetic-seeds 500000 500001 --layers all --steps 0 5 9 --num-steps 10
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import difftrack
+from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.errors import UserError
+from difftrack.noising import NOISE_MODES
+
+RANK_METRICS = ("qk_pck", "qk_pck_token", "qk_pck_moved", "qk_pck_token_moved")
+
+
+def add_arguments(p):
+    src = p.add_argument_group("videos (choose one source)")
+    src.add_argument("--prompts", help="text file, one prompt per line: generate and analyse each prompt")
+    src.add_argument("--seeds", nargs="+", type=int, default=[0], help="generation seeds; every prompt x every seed")
+    src.add_argument("--video", nargs="+", help="real video file(s) to analyse")
+    src.add_argument("--tracks", nargs="+",
+                     help="ground truth per --video: npz with tracks (T, N, 2) and visibility (T, N) as written "
+                          "by `difftrack track`; without it the video is labelled with --labeller")
+    src.add_argument("--tapvid", help="TAP-Vid pickle or directory (ground truth from the dataset)")
+    src.add_argument("--dataset", default="davis", help="TAP-Vid dataset: davis, kinetics or rgb_stacking")
+    src.add_argument("--limit", type=int, help="TAP-Vid: first N videos in sorted order")
+    src.add_argument("--synthetic-seeds", nargs="+", type=int,
+                     help="clips of difftrack's procedural generator (exact ground truth), by seed")
+
+    p.add_argument("--model", default=DEFAULT_BACKBONE, help=f"registry name, hub id or pipeline dir "
+                                                             f"(default {DEFAULT_BACKBONE})")
+    p.add_argument("--layers", nargs="+", default=["all"], help="`all` (default) or 0-based layer indices")
+    p.add_argument("--steps", nargs="+", default=["all"],
+                   help="`all` (default) or step indices of the --num-steps schedule (0 = noisiest)")
+    p.add_argument("--num-steps", type=int, default=50, help="sampler schedule length (default 50)")
+    p.add_argument("--grid", type=int, default=20, help="N x N frame-0 query grid, snapped to tokens (default 20)")
+    p.add_argument("--labeller", default="lk", choices=("lk", "cotracker"),
+                   help="pseudo ground truth for generated / unlabelled videos (default lk: OpenCV Lucas-Kanade)")
+    p.add_argument("--guidance-scale", type=float, default=6.0, help="CFG scale of generation (default 6)")
+    p.add_argument("--frames", type=int, help="frames to generate / to take from a real video (default: the model's)")
+    p.add_argument("--height", type=int, help="generated height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, help="generated width in pixels (default: the model's)")
+    p.add_argument("--frame-stride", type=int, default=1, help="real videos: take every n-th frame")
+    p.add_argument("--noise", choices=NOISE_MODES, default="add",
+                   help="real videos: add noise at the step (default), feed clean latents, or invert to it")
+    p.add_argument("--seed", type=int, default=0, help="real videos: seed of the added noise")
+    p.add_argument("--accuracy", choices=RANK_METRICS, default="qk_pck",
+                   help="accuracy the ranking uses (default qk_pck: 8 px at 480x720, scaled)")
+    p.add_argument("--top", type=int, default=3, help="layers in recommendation.json (default 3)")
+    p.add_argument("--no-features", action="store_true", help="skip intermediate-feature matching")
+    p.add_argument("--out", default="runs/analysis", help="report directory (default runs/analysis)")
+
+
+def _indices(values: list[str], flag: str) -> list[int] | None:
+    if values == ["all"]:
+        return None
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise UserError(f"{flag} takes `all` or integers, got {' '.join(values)}") from None
+
+
+def build_jobs(args, analyzer) -> list:
+    from difftrack.analysis.runner import VideoJob, load_tracks, read_prompts
+
+    sources = [s for s in ("prompts", "video", "tapvid", "synthetic_seeds") if getattr(args, s)]
+    if len(sources) != 1:
+        raise UserError("give exactly one video source: --prompts, --video, --tapvid or --synthetic-seeds")
+    if args.tracks and not args.video:
+        raise UserError("--tracks goes with --video")
+    if args.prompts:
+        prompts = read_prompts(args.prompts)
+        return [VideoJob("generated", f"p{i:03d}-s{seed}", prompt=prompt, seed=seed)
+                for i, prompt in enumerate(prompts) for seed in args.seeds]
+    if args.synthetic_seeds:
+        return [VideoJob("synthetic", str(seed), seed=seed) for seed in args.synthetic_seeds]
+    if args.tapvid:
+        from difftrack.data.tapvid import TapVidReader
+
+        reader = TapVidReader(args.dataset, args.tapvid)
+        names = [name for name, _ in reader.entries()]
+        if args.limit is not None:
+            names = names[:max(args.limit, 0)]
+        return [VideoJob("tapvid", name, path=args.tapvid, dataset=args.dataset) for name in names]
+    if args.tracks and len(args.tracks) != len(args.video):
+        raise UserError(f"got {len(args.video)} videos but {len(args.tracks)} tracks files; pass one per video")
+    jobs = []
+    for i, path in enumerate(args.video):
+        tracks = args.tracks[i] if args.tracks else None
+        job = VideoJob("video", Path(path).stem, path=str(path), tracks=tracks)
+        # Read now, so a bad file fails before anything is written.
+        video, _, _, _ = analyzer.load_real(job)
+        analyzer.backbone.check_frame_count(len(video))
+        if tracks:
+            from difftrack.io import read_video
+
+            load_tracks(tracks, len(read_video(path)[0]))
+        jobs.append(job)
+    return jobs
+
+
+def run(args):
+    from difftrack.analysis.runner import AnalysisConfig, Analyzer, run_analysis
+
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    if args.prompts and not Path(args.prompts).is_file():
+        raise UserError(f"prompts file {args.prompts} does not exist; pass a text file with one prompt per line")
+    backbone = difftrack.create_backbone(args.model)
+    config = AnalysisConfig(
+        model=args.model, layers=_indices(args.layers, "--layers"), steps=_indices(args.steps, "--steps"),
+        num_steps=args.num_steps, grid=args.grid, labeller=args.labeller, guidance_scale=args.guidance_scale,
+        num_frames=args.frames, height=args.height, width=args.width, frame_stride=args.frame_stride,
+        noise=args.noise, seed=args.seed, features=not args.no_features)
+    analyzer = Analyzer(backbone, config)
+    jobs = build_jobs(args, analyzer)
+    # Errors that would otherwise surface mid-run, before anything is written:
+    if args.prompts:
+        analyzer.generation_size()
+    if args.prompts or (args.video and not args.tracks):
+        analyzer.labeller  # noqa: B018 - builds the labeller (CoTracker: checks the local cache)
+    results = run_analysis(analyzer, jobs, args.out, accuracy=args.accuracy, top=args.top)
+    if results is not None:
+        rec = Path(args.out) / "recommendation.json"
+        print(f"analysed {len(results['videos'])} videos x {len(results['layers'])} layers x "
+              f"{len(results['steps'])} steps -> {Path(args.out) / 'index.html'}; recommendation {rec}")
