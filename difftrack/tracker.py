@@ -33,6 +33,14 @@ from difftrack.kernels import match
 from difftrack.noising import NOISE_MODES, check_step, prepare_latents
 
 
+CALIBRATION_DIR = Path(__file__).parent / "calibration"
+
+
+def calibration_key(model_name: str) -> str:
+    """File stem of a model's occlusion calibration (hub ids and paths flattened)."""
+    return model_name.strip("/").replace("/", "--")
+
+
 @dataclass
 class TrackerConfig:
     """Everything that decides a tracking result (also written into the output's ``meta``)."""
@@ -109,6 +117,12 @@ class DiffTracker:
                 raise TypeError(f"unknown tracker option {k}")
             setattr(cfg, k, v)
         bb = self.backbone
+        calibration = CALIBRATION_DIR / f"{calibration_key(bb.name)}.json"
+        if calibration.is_file():
+            calibrated = json.loads(calibration.read_text())
+            for k in ("cycle_threshold", "peak_threshold"):
+                if k not in overrides:
+                    setattr(cfg, k, float(calibrated[k]))
         cfg.layers = bb.check_layers(cfg.layers if cfg.layers is not None else bb.track_layers())
         if cfg.num_steps is None:
             cfg.num_steps = bb.default_track_step[1]
@@ -140,16 +154,23 @@ class DiffTracker:
 
         tracks = np.zeros((num_frames, len(queries), 2), np.float32)
         visible = np.zeros((num_frames, len(queries)), bool)
+        # Per (frame, point) evidence behind the visibility call, kept for calibration and inspection.
+        self.diagnostics = {"cycle_error": np.zeros((num_frames, len(queries)), np.float32),
+                            "peak": np.ones((num_frames, len(queries)), np.float32)}
         anchors = sorted({int(t) for t in queries[:, 0]})
         jobs = [(a, c) for a in anchors for c in anchored_chunks(a, num_frames, self.config.window)]
         self.stats.chunks = [c for _, c in jobs]
         for anchor, chunk in tqdm(jobs, desc="tracking", unit="forward", disable=not progress):
             idx = np.nonzero(queries[:, 0] == anchor)[0]
             xy_tok = torch.from_numpy(geometry.pixel_to_token(queries[idx, 1:])).float()
-            pos, vis = self._track_chunk(latents, noise, geometry, anchor, chunk, xy_tok)
+            pos, cycle_error, peak = self._track_chunk(latents, noise, geometry, anchor, chunk, xy_tok)
             for j, f in enumerate(chunk):
+                if f == anchor:
+                    continue
                 tracks[f, idx] = geometry.token_to_pixel(pos[:, j].numpy())
-                visible[f, idx] = vis[:, j].numpy()
+                self.diagnostics["cycle_error"][f, idx] = cycle_error[:, j].numpy()
+                self.diagnostics["peak"][f, idx] = peak[:, j].numpy()
+        visible = self.occlusion_call(self.diagnostics["cycle_error"], self.diagnostics["peak"])
         tracks[queries[:, 0].astype(int), np.arange(len(queries))] = queries[:, 1:]
         visible[queries[:, 0].astype(int), np.arange(len(queries))] = True
         self.stats.seconds += time.perf_counter() - start
@@ -214,8 +235,11 @@ class DiffTracker:
         back = match(back_queries, anchor_keys, grid, 0, window=cfg.refine_window, backend=cfg.backend)
         back_pos = back.refined[:, 0].float().view(nf, n, 2).transpose(0, 1)
         cycle_error = (back_pos - xy_tok[:, None]).norm(dim=-1)
-        visible = (cycle_error <= cfg.cycle_threshold) & (fwd.peak.float() >= cfg.peak_threshold)
-        return pos, visible
+        return pos, cycle_error, fwd.peak.float()
+
+    def occlusion_call(self, cycle_error: np.ndarray, peak: np.ndarray) -> np.ndarray:
+        """Visible where the forward-backward error is small and the matching peak is confident."""
+        return (cycle_error <= self.config.cycle_threshold) & (peak >= self.config.peak_threshold)
 
 
 class DiffTrackerPredictor(torch.nn.Module):
