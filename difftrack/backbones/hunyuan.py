@@ -19,11 +19,12 @@ from difftrack.backbones import (
     register_backbone,
     register_pipeline_loader,
 )
+from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 
 
-class HunyuanVideoBackbone(Backbone):
+class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     family = "hunyuanvideo"
     text_position = "last"
 
@@ -53,8 +54,19 @@ class HunyuanVideoBackbone(Backbone):
     def temporal_compression(self) -> int:
         return self.vae.config.temporal_compression_ratio
 
-    def prediction_type(self) -> str:
-        return "flow"
+    @property
+    def max_frames(self) -> int:
+        return 33  # the stock pipeline's 129 RGB frames
+
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """The stock pipeline's schedule: sigmas linear from 1 to 1/num_steps, then the scheduler's shift."""
+        import copy
+
+        import numpy as np
+
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1])
+        return sched.timesteps
 
     # ----- video <-> latents -------------------------------------------------------------------
     @torch.no_grad()

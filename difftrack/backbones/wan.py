@@ -19,6 +19,7 @@ from difftrack.backbones import (
     register_backbone,
     register_pipeline_loader,
 )
+from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
@@ -35,7 +36,7 @@ def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
     return out.type_as(x)
 
 
-class WanBackbone(Backbone):
+class WanBackbone(FlowMatchingMixin, Backbone):
     family = "wan"
     text_position = "separate"
 
@@ -64,8 +65,9 @@ class WanBackbone(Backbone):
     def temporal_compression(self) -> int:
         return self.vae.config.scale_factor_temporal
 
-    def prediction_type(self) -> str:
-        return "flow"
+    @property
+    def max_frames(self) -> int:
+        return 21  # the stock pipeline's 81 RGB frames
 
     # ----- video <-> latents -------------------------------------------------------------------
     def _latent_stats(self, like: torch.Tensor):

@@ -1,0 +1,270 @@
+"""Backbone adapters on tiny random configs of every family: loading, geometry, video <-> latents, forward."""
+
+import os
+
+import pytest
+import torch
+
+from difftrack import UserError, create_backbone, list_backbones
+from difftrack.backbones.cogvideox import CogVideoXBackbone, CogVideoXImageToVideoBackbone
+from difftrack.backbones.hunyuan import HunyuanVideoBackbone
+from difftrack.backbones.wan import WanBackbone, wan_rotary
+from difftrack.testing import TINY_KINDS, save_pipeline, tiny_backbone, tiny_components, tiny_pipeline_class
+
+KINDS = list(TINY_KINDS)
+ADAPTER = {"cogvideox-sincos": CogVideoXBackbone, "cogvideox-rope": CogVideoXBackbone,
+           "cogvideox-i2v": CogVideoXImageToVideoBackbone, "hunyuanvideo": HunyuanVideoBackbone, "wan": WanBackbone}
+TEXT_POSITION = {"cogvideox-sincos": "first", "cogvideox-rope": "first", "cogvideox-i2v": "first",
+                 "hunyuanvideo": "last", "wan": "separate"}
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    return {kind: tiny_backbone(kind) for kind in KINDS}
+
+
+def _video(frames=5, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, frames, 3, size, size, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_pretrained_round_trip(tmp_path, kind):
+    components = tiny_components(kind, seed=3)
+    save_pipeline(components, tiny_pipeline_class(kind), tmp_path / kind)
+    loaded = create_backbone(str(tmp_path / kind))
+    assert type(loaded) is ADAPTER[kind]
+    assert loaded.source == str(tmp_path / kind)
+    for name, tensor in components["transformer"].state_dict().items():
+        assert torch.equal(loaded.transformer.state_dict()[name], tensor), name
+    in_memory = tiny_backbone(kind, seed=3)
+    latents = torch.randn(1, 2, loaded.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = []
+        for bb in (in_memory, loaded):
+            embeds, extra = bb.encode_conditioning(["a blue square moves up"])
+            outs.append(bb.predict(latents, torch.tensor(300.0), embeds, **extra))
+    assert outs[0].shape == latents.shape
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_geometry_values(backbones, kind):
+    bb = backbones[kind]
+    assert bb.temporal_compression == 4 and bb.spatial_compression == 8 and bb.patch_size == 2
+    latents = bb.encode_video(_video(frames=5, size=32))
+    geo = bb.geometry(latents, text_tokens=7, frame_size=(32, 48))
+    assert (geo.frames, geo.grid_h, geo.grid_w) == (2, 2, 2)
+    assert geo.text_position == TEXT_POSITION[kind]
+    assert geo.temporal_compression == 4 and geo.num_rgb_frames == 5
+    assert geo.stride_px == (16.0, 24.0)
+    assert geo.joint_tokens == 8 + (0 if kind == "wan" else 7)
+    per_frame = bb.encode_video(_video(frames=5, size=32), frame_as_latent=True)
+    geo1 = bb.geometry(per_frame, text_tokens=7, frame_as_latent=True)
+    assert geo1.frames == 5 and geo1.temporal_compression == 1 and geo1.num_rgb_frames == 5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encode_decode_shapes_and_frame_as_latent(backbones, kind):
+    bb = backbones[kind]
+    # 9 frames -> 3 latent frames: CogVideoX's VAE decodes an even number of latent frames to 4F frames
+    # instead of 4F - 3, so an odd count is the one every family's VAE maps back to the input length.
+    video = _video(frames=9, size=32)
+    latents = bb.encode_video(video)
+    assert latents.shape == (1, 3, bb.latent_channels, 4, 4)
+    decoded = bb.decode_latents(latents)
+    assert decoded.shape == video.shape and decoded.abs().max() <= 1
+    per_frame = bb.encode_video(video, frame_as_latent=True)
+    assert per_frame.shape == (1, 9, bb.latent_channels, 4, 4)
+    # Frame-as-latent: latent frame k is frame k encoded alone.
+    alone = bb.encode_video(video[:, 3:4])
+    assert torch.allclose(per_frame[:, 3:4], alone, atol=1e-6)
+
+
+def test_wan_latent_normalisation_inverts(backbones):
+    bb = backbones["wan"]
+    video = _video(frames=5, size=32)
+    with torch.no_grad():
+        raw = bb.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode()
+        mean = torch.tensor(bb.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(bb.vae.config.latents_std).view(1, -1, 1, 1, 1)
+        expected = ((raw - mean) / std).permute(0, 2, 1, 3, 4)
+        latents = bb.encode_video(video)
+        assert torch.allclose(latents, expected, atol=1e-6)
+        stock_decoded = bb.vae.decode(raw).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+        assert torch.allclose(bb.decode_latents(latents), stock_decoded, atol=1e-5)
+
+
+def test_wan_rotary_matches_stock_processor(backbones):
+    """The rebuilt RoPE applied to hooked q reproduces the stock processor's attention output."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    bb = backbones["wan"]
+    attn = bb.layers[0]
+    hidden = torch.randn(1, 2 * 4 * 4, attn.inner_dim)
+    cos, sin = bb.transformer.rope(torch.zeros(1, 4, 2, 8, 8))
+    with torch.no_grad():
+        stock = WanAttnProcessor()(attn, hidden, None, None, (cos, sin))
+        q = attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(hidden)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(hidden).unflatten(2, (attn.heads, -1))
+        q, k = wan_rotary(q, cos, sin), wan_rotary(k, cos, sin)
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = attn.to_out[0](out.transpose(1, 2).flatten(2))
+    assert (out - stock).abs().max() <= 1e-5
+
+
+def test_hunyuan_prompt_trim_keeps_prediction(backbones):
+    """Dropping the masked text padding leaves HunyuanVideo's prediction unchanged."""
+    bb = backbones["hunyuanvideo"]
+    prompts = ["a red disc", "a blue striped square moves right over the wall"]
+    padded, pooled, mask = bb.pipeline.encode_prompt(prompts, device="cpu", dtype=torch.float32)
+    embeds, extra = bb.encode_conditioning(prompts)
+    assert embeds.shape[1] == int(mask.sum(1).max()) < padded.shape[1]
+    assert torch.equal(extra["pooled_projections"], pooled)
+    latents = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = bb.predict(latents, torch.tensor(700.0), padded, pooled_projections=pooled, prompt_attention_mask=mask)
+        trimmed = bb.predict(latents, torch.tensor(700.0), embeds, **extra)
+    assert (full - trimmed).abs().max() <= 1e-5
+
+
+def test_hunyuan_layers_are_dual_then_single(backbones):
+    bb = backbones["hunyuanvideo"]
+    t = bb.transformer
+    assert bb.layers == [b.attn for b in t.transformer_blocks] + [b.attn for b in t.single_transformer_blocks]
+    assert bb.num_dual_layers == 1 and bb.num_layers == 2
+    assert bb.layers[0].add_q_proj is not None and bb.layers[1].add_q_proj is None
+
+
+def test_wan_layers_are_self_attention(backbones):
+    bb = backbones["wan"]
+    assert bb.layers == [b.attn1 for b in bb.transformer.blocks]
+    assert all(not attn.is_cross_attention for attn in bb.layers)
+
+
+def test_prediction_types(backbones):
+    assert backbones["cogvideox-rope"].prediction_type() == "v_prediction"
+    assert backbones["hunyuanvideo"].prediction_type() == "flow"
+    assert backbones["wan"].prediction_type() == "flow"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_frame_count_error_names_valid_counts(backbones, kind):
+    bb = backbones[kind]
+    with pytest.raises(UserError) as err:
+        bb.encode_video(_video(frames=10, size=32))
+    msg = str(err.value)
+    assert "\n" not in msg and "9" in msg and "13" in msg and "--frame-as-latent" in msg
+    assert bb.encode_video(_video(frames=10, size=32), frame_as_latent=True).shape[1] == 10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_index_out_of_range(backbones, kind):
+    bb = backbones[kind]
+    assert bb.check_layers([0, bb.num_layers - 1]) == [0, bb.num_layers - 1]
+    for bad in (bb.num_layers, -1):
+        with pytest.raises(UserError, match=rf"0\.\.{bb.num_layers - 1}"):
+            bb.check_layers([bad])
+
+
+# ----- registry --------------------------------------------------------------------------------------
+def test_registry_names_families():
+    entries = {e.name: e for e in list_backbones()}
+    assert entries["hunyuanvideo"].source == "hunyuanvideo-community/HunyuanVideo"
+    assert entries["wan2.1-t2v-1.3b"].source == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    for name in ("cogvideox-2b", "cogvideox-5b", "cogvideox-5b-i2v"):
+        assert name in entries
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(UserError) as err:
+        create_backbone("cogvidex-2b")
+    msg = str(err.value)
+    assert "\n" not in msg
+    for e in list_backbones():
+        assert e.name in msg
+
+
+def test_local_dir_without_model_index(tmp_path):
+    with pytest.raises(UserError, match="model_index.json") as err:
+        create_backbone(str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["hunyuanvideo", "wan"])
+def test_pipeline_dir_with_missing_weights(tmp_path, kind):
+    save_pipeline(tiny_components(kind), tiny_pipeline_class(kind), tmp_path)
+    os.remove(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(UserError) as err:
+        create_backbone(str(tmp_path))
+    msg = str(err.value)
+    assert "\n" not in msg and "transformer" in msg and "huggingface-cli download" in msg
+
+
+def test_unsupported_pipeline_class(tmp_path):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(UserError, match="WanPipeline") as err:
+        create_backbone(str(tmp_path))
+    assert "HunyuanVideoPipeline" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hub_id_not_in_cache():
+    with pytest.raises(UserError) as err:
+        create_backbone("nobody-here/NotAModel-1B")
+    msg = str(err.value)
+    assert "\n" not in msg and "nobody-here/NotAModel-1B" in msg and "not in the local Hugging Face cache" in msg
+
+
+@pytest.mark.parametrize("name", ["hunyuanvideo", "wan2.1-t2v-1.3b"])
+def test_registry_entry_without_weights(name):
+    entry = {e.name: e for e in list_backbones()}[name]
+    if entry.weights_present():
+        pytest.skip(f"{entry.source} is in the local cache; the missing-weights path cannot be exercised")
+    with pytest.raises(UserError) as err:
+        create_backbone(name)
+    msg = str(err.value)
+    assert "\n" not in msg and entry.source in msg and "huggingface-cli download" in msg
+
+
+@pytest.mark.parametrize("kind", ["hunyuanvideo", "wan"])
+def test_flow_add_noise_matches_stock_scheduler(backbones, kind):
+    """Forward noising equals the stock scheduler's own formula at a timestep of its schedule."""
+    import copy
+
+    bb = backbones[kind]
+    latents = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    timesteps = bb.timesteps(20)
+    sched = copy.deepcopy(bb.scheduler)
+    if kind == "hunyuanvideo":
+        import numpy as np
+
+        sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, 21)[:-1])
+    else:
+        sched.set_timesteps(20)
+    assert torch.equal(sched.timesteps, timesteps)
+    t = timesteps[7]
+    if hasattr(sched, "scale_noise"):
+        stock = sched.scale_noise(latents, t.reshape(1), noise)
+    else:
+        stock = sched.add_noise(latents, noise, t.reshape(1))
+    diff = (bb.add_noise(latents, noise, t) - stock).abs()
+    if kind == "wan":
+        # UniPC rounds its timesteps to integers while keeping float sigmas: sigma = t / 1000 is off by
+        # less than 1 / 1000.
+        assert (diff <= (noise - latents).abs() / 1000 + 1e-6).all()
+    else:
+        assert diff.max() <= 1e-5
+
+
+def test_hunyuan_schedule_is_the_pipelines(backbones):
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
+    import copy
+
+    import numpy as np
+
+    bb = backbones["hunyuanvideo"]
+    sched = copy.deepcopy(bb.scheduler)
+    stock, _ = retrieve_timesteps(sched, 30, "cpu", sigmas=np.linspace(1.0, 0.0, 31)[:-1])
+    assert torch.equal(bb.timesteps(30), stock)

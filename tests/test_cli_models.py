@@ -1,0 +1,41 @@
+"""`difftrack models`: every registry entry with its source and weights status; CLI error conventions."""
+
+import json
+
+from difftrack import list_backbones
+from difftrack.cli import main
+
+
+def test_models_lists_every_entry_with_source_and_weights(capsys):
+    assert main(["models"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    entries = list_backbones()
+    assert len(lines) == len(entries) and err == ""
+    for entry, line in zip(entries, lines):
+        status = "present" if entry.weights_present() else "absent"
+        assert line.split()[:2] == [entry.name, entry.source]
+        assert f"weights {status}" in line
+    names = [e.name for e in entries]
+    for name in ("cogvideox-2b", "cogvideox-5b", "cogvideox-5b-i2v", "hunyuanvideo", "wan2.1-t2v-1.3b"):
+        assert name in names
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["hunyuanvideo"]["source"] == "hunyuanvideo-community/HunyuanVideo"
+    assert by_name["wan2.1-t2v-1.3b"]["source"] == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    assert all(r["weights"] in ("present", "absent") for r in rows)
+    assert [r["name"] for r in rows] == [e.name for e in list_backbones()]
+
+
+def test_models_bad_option_exits_2_with_error_line(capsys):
+    try:
+        code = main(["models", "--no-such-option"])
+    except SystemExit as exc:  # argparse reports usage errors by exiting
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: unrecognized arguments: --no-such-option" in err.strip().splitlines()[-1]
