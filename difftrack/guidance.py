@@ -356,3 +356,15 @@ class GuidedPredictor:
         by_name = dict(zip(names, preds))
         return combine(by_name["cond"], by_name.get("uncond"), by_name.get("perturbed"), self.config.cfg_scale,
                        self.config.cag_scale)
+
+
+# Layers the DiffTrack paper guides (method.md section 5), by registry name.
+KNOWN_CAG_LAYERS = {"cogvideox-2b": (13, 17, 21), "cogvideox-5b": (15, 17, 18)}
+
+
+def default_cag_layers(backbone: Backbone) -> list[int]:
+    """The paper's layers for CogVideoX-2B/5B; otherwise the two middle layers, where matching is strongest."""
+    if backbone.name in KNOWN_CAG_LAYERS:
+        return backbone.check_layers(list(KNOWN_CAG_LAYERS[backbone.name]))
+    n = backbone.num_layers
+    return sorted({max(n // 2 - 1, 0), n // 2}) if n > 1 else [0]
