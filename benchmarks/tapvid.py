@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_trackers(names: list[str], model: str | None) -> dict:
+def build_trackers(names: list[str], model: str) -> dict:
     from difftrack.baselines import BASELINES
 
     trackers = {}
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
         config = dict(run_config, model=args.model or _default_model()) if name == "difftrack" else run_config
         stores[name] = PartialStore(args.out, name, config)
         stores[name].check()
-    trackers = build_trackers(args.trackers, args.model)
+    trackers = build_trackers(args.trackers, args.model or _default_model())
 
     rank, world = _distributed()
     if rank == 0:
@@ -289,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - top level: report internal errors as such, like the CLI
+        if debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

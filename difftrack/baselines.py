@@ -42,9 +42,13 @@ class LucasKanade:
     when LK loses it either way, when the round trip misses the start by ``fb_threshold`` pixels or
     more, or when it leaves the frame. A lost point (LK status 0) keeps its last position; a point
     failing only the round-trip check moves on with the forward estimate, so it can be found again.
+
+    The defaults had the best average Jaccard among the settings tried (window 11-31 px, 1-5 pyramid
+    levels, threshold 0.5-4 px or no check) on ten 24-frame 256x256 generator videos, seeds
+    50000-50009, which no held-out evaluation uses.
     """
 
-    def __init__(self, window: int = 15, levels: int = 3, fb_threshold: float = 1.0,
+    def __init__(self, window: int = 31, levels: int = 2, fb_threshold: float = 2.0,
                  max_iterations: int = 30, epsilon: float = 0.01):
         import cv2
 
