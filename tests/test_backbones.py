@@ -1,7 +1,9 @@
 """Backbone adapters on tiny random configs of every family: loading, geometry, video <-> latents, forward."""
 
+import copy
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -230,16 +232,12 @@ def test_registry_entry_without_weights(name):
 @pytest.mark.parametrize("kind", ["hunyuanvideo", "wan"])
 def test_flow_add_noise_matches_stock_scheduler(backbones, kind):
     """Forward noising equals the stock scheduler's own formula at a timestep of its schedule."""
-    import copy
-
     bb = backbones[kind]
     latents = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
     timesteps = bb.timesteps(20)
     sched = copy.deepcopy(bb.scheduler)
     if kind == "hunyuanvideo":
-        import numpy as np
-
         sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, 21)[:-1])
     else:
         sched.set_timesteps(20)
@@ -260,9 +258,6 @@ def test_flow_add_noise_matches_stock_scheduler(backbones, kind):
 
 def test_hunyuan_schedule_is_the_pipelines(backbones):
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
-    import copy
-
-    import numpy as np
 
     bb = backbones["hunyuanvideo"]
     sched = copy.deepcopy(bb.scheduler)

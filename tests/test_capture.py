@@ -39,7 +39,9 @@ def test_model_output_unchanged_with_capture(backbones, kind):
 
 def _split_values(kind, attn, values, text_len):
     """Split the value projections the test hooked into (video, text), each (B, H, N, D)."""
-    heads = lambda v: None if v is None else v.unflatten(2, (attn.heads, -1)).transpose(1, 2)  # noqa: E731
+    def heads(v):
+        return v.unflatten(2, (attn.heads, -1)).transpose(1, 2)
+
     v = values["to_v"]
     if kind.startswith("cogvideox"):  # [text, video]
         return heads(v[:, text_len:]), heads(v[:, :text_len])

@@ -110,6 +110,8 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         embeds, pooled, mask = self.pipeline.encode_prompt(list(prompts), device=self.device, dtype=self.dtype,
                                                            max_sequence_length=self.max_sequence_length)
         keep = max(int(mask.sum(dim=1).max()), 1)
+        if mask[:, keep:].any():  # not right-padded: nothing can be dropped safely
+            keep = mask.shape[1]
         return embeds[:, :keep], {"pooled_projections": pooled, "prompt_attention_mask": mask[:, :keep]}
 
     def encode_prompt(self, prompts):
