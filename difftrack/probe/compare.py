@@ -1,0 +1,55 @@
+"""Image versus video: the same tasks, block and noise level on a video model and its image twin.
+
+Outputs in the compare directory: ``compare.md`` (the table, the difference row and where video
+training helps most and least), ``compare.csv`` and ``compare.json`` (every record and the setting).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from difftrack.io import atomic_path, write_json
+from difftrack.probe.sweeps import _fmt, records_csv, task_columns
+
+
+def difference_record(video: dict, image: dict, columns) -> dict:
+    return {"model": f"{video['model']} - {image['model']}",
+            **{key: video.get(key, math.nan) - image.get(key, math.nan) for key, _ in columns}}
+
+
+def compare_markdown(video: dict, image: dict, references: list[dict], tasks, setting: dict) -> str:
+    columns = task_columns(tasks)
+    diff = difference_record(video, image, columns)
+    chance = {f"semantic_{t}_acc": video.get(f"semantic_{t}_majority") for t in ("shape", "texture")}
+    rows = [video, image, diff, *references]
+    if any(v is not None for v in chance.values()):
+        rows.append({"model": "majority class (probe chance)", **{k: v for k, v in chance.items() if v is not None}})
+    lines = ["# Image versus video", "",
+             f"Setting: block {video['block']}, step {video['step']} of {setting['num_steps']} "
+             f"(timestep {video['timestep']:g}), noise `{setting['noise']}`, seed {setting['seed']}; propagation and "
+             f"probe on `{setting['kind']}` activations, tracking on the block's q/k (DiffTracker). "
+             f"{setting['eval_videos']} held-out generator videos (seeds {setting['eval_seeds']}), probe trained on "
+             f"{setting['train_videos']} others (seeds {setting['train_seeds']}).", "",
+             "| model | " + " | ".join(title for _, title in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(key, math.nan)) for key, _ in columns) + " |")
+    gains = [(diff[key], title) for key, title in columns if not math.isnan(diff[key])]
+    if gains:
+        gains.sort()
+        lines += ["", f"Video training helps most on {gains[-1][1]} ({gains[-1][0]:+.3f}) and least on "
+                      f"{gains[0][1]} ({gains[0][0]:+.3f}); per-column differences are video minus image."]
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(out_dir: Path, video: dict, image: dict, references: list[dict], tasks, setting: dict) -> str:
+    text = compare_markdown(video, image, references, tasks, setting)
+    columns = task_columns(tasks)
+    with atomic_path(out_dir / "compare.md") as tmp:
+        tmp.write_text(text)
+    with atomic_path(out_dir / "compare.csv") as tmp:
+        tmp.write_text(records_csv([video, image, difference_record(video, image, columns), *references]))
+    write_json(out_dir / "compare.json", {"setting": setting, "video": video, "image": image,
+                                          "references": references})
+    return text
