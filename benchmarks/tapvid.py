@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_trackers(names: list[str], model: str) -> dict:
+def build_trackers(names: list[str], model: str | None) -> dict:
     from difftrack.baselines import BASELINES
 
     trackers = {}
@@ -137,9 +137,10 @@ class PartialStore:
     def check(self) -> None:
         """Refuse to mix results of a different run (dataset, root, mode or model) into this one."""
         config = self.directory / "run.json"
-        if config.is_file() and json.loads(config.read_text()) != self.run:
-            raise UserError(f"{self.directory} holds results of another run ({json.dumps(json.loads(config.read_text()))}"
-                            f"); choose another --out or delete that folder")
+        stored = json.loads(config.read_text()) if config.is_file() else self.run
+        if stored != self.run:
+            raise UserError(f"{self.directory} holds results of another run ({json.dumps(stored)}); "
+                            f"choose another --out or delete that folder")
 
     def create(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -177,13 +178,14 @@ def _distributed() -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> None:
     reader = TapVidReader(args.dataset, args.root)
+    model = (args.model or _default_model()) if "difftrack" in args.trackers else None
     run_config = {"dataset": args.dataset, "source": str(reader.source), "mode": args.mode}
     stores = {}
     for name in args.trackers:
-        config = dict(run_config, model=args.model or _default_model()) if name == "difftrack" else run_config
+        config = dict(run_config, model=model) if name == "difftrack" else run_config
         stores[name] = PartialStore(args.out, name, config)
         stores[name].check()
-    trackers = build_trackers(args.trackers, args.model or _default_model())
+    trackers = build_trackers(args.trackers, model)
 
     rank, world = _distributed()
     if rank == 0:
