@@ -15,7 +15,7 @@ import torch
 
 from difftrack.kernels.common import MatchResult, accumulation_dtype, joint_weights, soft_argmax, window_tokens
 
-DEFAULT_MEMORY_BUDGET = 64 * 2**20
+DEFAULT_MEMORY_BUDGET = 40 * 2**20
 
 
 def _chunk_rows(budget: int, row_bytes: int, total: int) -> int:
