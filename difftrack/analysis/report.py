@@ -278,8 +278,13 @@ def _write_index(out: Path, results: dict, recommendation: dict, figures: list[t
         items.append(f"Noise: layer {r['layer']} goes from {r['best_layer_first']:.3f} at step {r['first_step']} to "
                      f"{r['best_layer_last']:.3f} at step {r['last_step']} (mean over layers {r['layer_mean_first']:.3f}"
                      f" -> {r['layer_mean_last']:.3f}); Spearman(step, accuracy) = {rho}.")
-    zero = [f"{m}: {np.nanmean([np.nanmean(np.asarray(v['metrics'][m], dtype=float)) for v in results['videos']]):.3f}"
-            for m in BASELINE_METRICS if m in results["videos"][0]["metrics"]]
+    zero = []
+    for m in BASELINE_METRICS:
+        # the baseline does not depend on layer or step: one value per video
+        values = [v["metrics"][m][0][0] for v in results["videos"] if m in v["metrics"]]
+        values = [x for x in values if x is not None and np.isfinite(x)]
+        if values:
+            zero.append(f"{m}: {np.mean(values):.3f}")
     if zero:
         items.append("No-motion baseline (every point stays put): " + ", ".join(zero) +
                      "; compare the *_moved accuracies, where this baseline scores 0.")

@@ -175,6 +175,7 @@ class Analyzer:
 
     # ----- generated ---------------------------------------------------------------------------------
     def generate(self, job: VideoJob, want_figures: bool, progress: bool):
+        from difftrack.guidance import GuidanceConfig
         from difftrack.sampling import sample
 
         bb, cfg = self.backbone, self.config
@@ -188,7 +189,8 @@ class Analyzer:
         query_xy = grid_query_tokens(geometry, cfg.grid)
         reducer = StepReducer(geometry, query_xy, window=cfg.refine_window, backend=cfg.backend,
                               **self._figure_selection(geometry, query_xy, want_figures))
-        cond_row = [1] if cfg.guidance_scale > 1 else [0]
+        guidance = GuidanceConfig("cfg", cfg.guidance_scale) if cfg.guidance_scale > 1 else GuidanceConfig("none")
+        cond_row = [1] if guidance.uses_uncond else [0]  # the sampler batches [uncond, cond]
         bar = tqdm(total=cfg.num_steps, desc=f"generating {job.name}", unit="step", disable=not progress,
                    leave=False)
 
@@ -199,7 +201,7 @@ class Analyzer:
                 bar.update(1)
 
             video = sample(bb, job.prompt, num_frames=frames, height=height, width=width, num_steps=cfg.num_steps,
-                           guidance_scale=cfg.guidance_scale, seed=job.seed, on_step=on_step, output="uint8")
+                           seed=job.seed, guidance=guidance, on_step=on_step, output="uint8")
         bar.close()
         video = np.asarray(video)
         if video.ndim == 5:
@@ -277,14 +279,20 @@ class Analyzer:
             query_xy = geometry.pixel_to_token(tracks[0])
         reducer = StepReducer(geometry, query_xy, window=cfg.refine_window, backend=cfg.backend,
                               **self._figure_selection(geometry, query_xy, want_figures))
+        self.reduce_steps(latents, embeds, reducer, desc=f"analysing {job.name}", progress=progress)
+        return video, geometry, reducer, tracks, visible
+
+    def reduce_steps(self, latents, embeds, reducer, desc="analysing", progress=False) -> None:
+        """Per requested step: bring clean ``latents`` to it (``noise`` mode), one forward with the empty
+        prompt ``embeds``, stopping after the deepest requested layer; ``reducer`` keeps the reductions."""
+        bb, cfg = self.backbone, self.config
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(cfg.seed)).to(latents)
-        for step in tqdm(self.steps, desc=f"analysing {job.name}", unit="step", disable=not progress, leave=False):
+        for step in tqdm(self.steps, desc=desc, unit="step", disable=not progress, leave=False):
             x, t = prepare_latents(bb, latents, cfg.noise, step, cfg.num_steps, noise, embeds)
             with DescriptorCapture(bb, self.layers, features=cfg.features, early_exit=True,
                                    on_capture=reducer) as cap:
                 cap.step = step
                 cap.run(bb.predict, x, t, embeds)
-        return video, geometry, reducer, tracks, visible
 
     # ----- one video ---------------------------------------------------------------------------------
     def analyze(self, job: VideoJob, want_figures: bool = False, progress: bool = False):

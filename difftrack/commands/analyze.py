@@ -117,12 +117,12 @@ def build_jobs(args, analyzer) -> list:
 
 
 def run(args):
-    from difftrack.analysis.runner import AnalysisConfig, Analyzer, run_analysis
+    from difftrack.analysis.runner import AnalysisConfig, Analyzer, read_prompts, run_analysis
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
-    if args.prompts and not Path(args.prompts).is_file():
-        raise UserError(f"prompts file {args.prompts} does not exist; pass a text file with one prompt per line")
+    if args.prompts:
+        read_prompts(args.prompts)  # before the model loads: a missing or empty file fails at once
     backbone = difftrack.create_backbone(args.model)
     config = AnalysisConfig(
         model=args.model, layers=_indices(args.layers, "--layers"), steps=_indices(args.steps, "--steps"),
