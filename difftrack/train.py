@@ -1,0 +1,212 @@
+"""Training of the embedded models on procedural clips (rectified flow, classifier-free caption dropout).
+
+Deterministic: clip seeds and noise depend only on (seed, step), so a run killed and resumed with
+the same command reaches the same weights as an uninterrupted one. Checkpoints (weights as
+safetensors, optimiser state via torch.save) go to ``run_dir`` every few minutes; the final model
+is written to ``out`` in the layout ``create_backbone(path)`` loads.
+
+The noise recipe gives the denoiser a reason to copy content across frames: half of the clips
+have some frames cleaner than the clip's noise level, and a quarter have one nearly clean frame
+(as in image-to-video training). The image twin gets exactly the same clips, noise and optimiser,
+but every frame is its own sample, so it never sees another frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from difftrack.errors import UserError
+
+TRAIN_SEED_OFFSET = 1_000_000  # training clips use seeds >= this; held-out evaluation clips use seeds below it
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    run_dir: str
+    steps: int = 1800
+    batch: int = 2
+    frames: int = 8
+    image_twin: bool = False
+    layers: int = 6
+    heads: int = 4
+    head_dim: int = 32
+    size: int = 64
+    lr: float = 6e-4
+    warmup: int = 100
+    caption_dropout: float = 0.1
+    seed: int = 0
+    bf16: bool = True
+    checkpoint_minutes: float = 4.0
+
+
+def logit_normal(generator, shape) -> torch.Tensor:
+    return torch.sigmoid(torch.randn(shape, generator=generator))
+
+
+def noise_levels(generator, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clip level s (B,), per-frame levels (B, F)): the timestep the model is told is the clip level."""
+    s = logit_normal(generator, (batch,))
+    per_frame = s[:, None].expand(batch, frames).clone()
+    cleaner = (torch.rand(batch, 1, generator=generator) < 0.5) & (torch.rand(batch, frames, generator=generator) < 0.5)
+    per_frame = torch.where(cleaner, s[:, None] * torch.rand(batch, frames, generator=generator), per_frame)
+    one_clean = torch.rand(batch, generator=generator) < 0.25
+    idx = torch.randint(0, frames, (batch,), generator=generator)
+    nearly_clean = 0.05 * torch.rand(batch, generator=generator)
+    rows = torch.nonzero(one_clean).flatten()
+    per_frame[rows, idx[rows]] = nearly_clean[rows]
+    return s, per_frame
+
+
+def training_batch(cfg: TrainConfig, step: int):
+    """Pixels (B, F, 3, H, W) in [-1, 1] and captions of the clips of ``step``."""
+    from difftrack.data.synthetic import generate_clip
+
+    videos, captions = [], []
+    for i in range(cfg.batch):
+        clip = generate_clip(TRAIN_SEED_OFFSET + cfg.seed * 10_000_000 + step * cfg.batch + i, num_frames=cfg.frames,
+                             height=cfg.size, width=cfg.size)
+        videos.append(torch.from_numpy(clip.video).permute(0, 3, 1, 2))
+        captions.append(clip.caption)
+    return torch.stack(videos).float() / 127.5 - 1.0, captions
+
+
+def loss_for_step(cfg: TrainConfig, components: dict, step: int) -> torch.Tensor:
+    transformer, text_encoder, tokenizer = components["transformer"], components["text_encoder"], components["tokenizer"]
+    x0, captions = training_batch(cfg, step)
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    b, f = x0.shape[:2]
+    drop = torch.rand(b, generator=g) < cfg.caption_dropout
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    s, per_frame = noise_levels(g, b, f)
+    noise = torch.randn(x0.shape, generator=g)
+    sf = per_frame[:, :, None, None, None]
+    xs = (1 - sf) * x0 + sf * noise
+    target = noise - x0
+    ids = tokenizer(captions, padding="max_length", max_length=transformer.config.max_text_seq_length,
+                    truncation=True, return_tensors="pt").input_ids
+    timestep = s * 1000
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    grid = cfg.size // transformer.config.patch_size
+    frames_per_sample = 1 if cfg.image_twin else f
+    rope = get_3d_rotary_pos_embed(transformer.config.attention_head_dim, ((0, 0), (grid, grid)), (grid, grid),
+                                   frames_per_sample)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        text = text_encoder(ids)[0]
+        if cfg.image_twin:  # every frame its own sample
+            xs = xs.reshape(b * f, 1, *xs.shape[2:])
+            text = text.repeat_interleave(f, dim=0)
+            timestep = timestep.repeat_interleave(f)
+        pred = transformer(hidden_states=xs, encoder_hidden_states=text, timestep=timestep, image_rotary_emb=rope,
+                           return_dict=False)[0]
+    return torch.nn.functional.mse_loss(pred.float().reshape(target.shape), target)
+
+
+def _save_checkpoint(run_dir: Path, components, optimizer, lr_schedule, step, history, cfg) -> None:
+    from difftrack.backbones.embedded import save_components
+
+    tmp = run_dir / "checkpoint.tmp"
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    save_components(components, tmp, frames_per_sample=1 if cfg.image_twin else cfg.frames)
+    torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "history": history, "config": asdict(cfg)}))
+    final = run_dir / "checkpoint"
+    if final.exists():
+        import shutil
+
+        old = run_dir / "checkpoint.old"
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+
+
+def _load_checkpoint(run_dir: Path, components, optimizer, lr_schedule, cfg):
+    from safetensors.torch import load_file
+
+    ckpt = run_dir / "checkpoint"
+    state = json.loads((ckpt / "state.json").read_text())
+    # --steps may change between invocations: a run can be extended, or finished at its last checkpoint.
+    free = ("out", "run_dir", "checkpoint_minutes", "steps")
+    saved = {k: v for k, v in state["config"].items() if k not in free}
+    now = {k: v for k, v in asdict(cfg).items() if k not in free}
+    if saved != now:
+        diff = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in now if saved.get(k) != now.get(k))
+        raise UserError(f"{run_dir} holds a checkpoint of a different run ({diff}); rerun the same command or "
+                        f"choose another --run-dir")
+    components["transformer"].load_state_dict(load_file(ckpt / "transformer" / "diffusion_pytorch_model.safetensors"))
+    components["text_encoder"].load_state_dict(load_file(ckpt / "text_encoder" / "model.safetensors"), strict=False)
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(opt["optimizer"])
+    lr_schedule.load_state_dict(opt["lr_schedule"])
+    return state["step"], state["history"]
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) and write the final model to ``cfg.out``; returns a summary."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from difftrack.backbones.embedded import build_components, model_config, save_components
+
+    if cfg.size % 4:
+        raise UserError(f"--size {cfg.size} is not a multiple of the patch size 4")
+    if cfg.steps < 1 or cfg.batch < 1 or cfg.frames < 1:
+        raise UserError("--steps, --batch and --frames must be positive")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)
+    components = build_components(mcfg, seed=cfg.seed)
+    params = list(components["transformer"].parameters()) + list(components["text_encoder"].parameters())
+    for m in (components["transformer"], components["text_encoder"]):
+        m.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup, cfg.steps)
+    step, history = 0, []
+    if (run_dir / "checkpoint" / "state.json").is_file():
+        step, history = _load_checkpoint(run_dir, components, optimizer, lr_schedule, cfg)
+    started = time.time()
+    last_save = started
+    wall_before = history[-1]["wall"] if history else 0.0
+    bar = tqdm(total=cfg.steps, initial=step, desc="train-tiny" + (" (image twin)" if cfg.image_twin else ""),
+               disable=not progress, mininterval=5)
+    while step < cfg.steps:
+        loss = loss_for_step(cfg, components, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        step += 1
+        history.append({"step": step, "loss": float(loss), "wall": wall_before + time.time() - started})
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean([h['loss'] for h in history[-50:]]):.4f}")
+        if not math.isfinite(float(loss)):
+            raise RuntimeError(f"loss became {float(loss)} at step {step}")
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps:
+            _save_checkpoint(run_dir, components, optimizer, lr_schedule, step, history, cfg)
+            last_save = time.time()
+    bar.close()
+    for m in (components["transformer"], components["text_encoder"]):
+        m.eval()
+    tail = [h["loss"] for h in history[-100:]]
+    summary = {"steps": step, "final_loss": float(np.mean(tail)) if tail else None,
+               "wall_seconds": history[-1]["wall"] if history else 0.0, "config": asdict(cfg)}
+    save_components(components, cfg.out, frames_per_sample=1 if cfg.image_twin else cfg.frames,
+                    extra={"trained_steps": step, "trained_on": "images" if cfg.image_twin else "videos"})
+    (Path(cfg.out) / "training.json").write_text(json.dumps({**summary, "history": history}))
+    return summary
