@@ -154,6 +154,31 @@ def test_reference_trackers_end_to_end_on_the_generator_fixture(fixture_root, tm
     assert summary["lucas_kanade"]["average_pts_within_thresh"] > summary["zero_motion"]["average_pts_within_thresh"]
 
 
+def test_kinetics_shards_run_through_the_benchmark_like_the_same_videos_in_a_davis_pickle(fixture_root, tmp_path):
+    """The fixture re-packed as Kinetics shards (JPEG frames, 2 + 1 videos): names follow shard order and
+    zero motion, which ignores pixels, scores exactly as on the DAVIS-style pickle."""
+    from difftrack.data.tapvid import restricted_load
+
+    fixture = restricted_load(fixture_root / "tapvid_davis.pkl")
+    entries = [fixture[name] for name in sorted(fixture)]
+    shards = tmp_path / "kinetics"
+    shards.mkdir()
+    for shard, members in ((1, entries[2:]), (0, entries[:2])):
+        packed = [dict(e, video=[cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes()
+                                 for f in e["video"]]) for e in members]
+        (shards / f"{shard:04d}_of_0010.pkl").write_bytes(pickle.dumps(packed))
+    common = ["--trackers", "zero_motion", "--limit", "3"]
+    assert tapvid_benchmark.main(["--dataset", "kinetics", "--root", str(shards), *common,
+                                  "--out", str(tmp_path / "kinetics_out")]) == 0
+    assert tapvid_benchmark.main(["--dataset", "davis", "--root", str(fixture_root), *common,
+                                  "--out", str(tmp_path / "davis_out")]) == 0
+    kinetics_rows = _read_csv(tmp_path / "kinetics_out" / "per_video.csv")
+    davis_rows = _read_csv(tmp_path / "davis_out" / "per_video.csv")
+    assert [r["video"] for r in kinetics_rows] == ["0000_of_0010_0000", "0000_of_0010_0001", "0001_of_0010_0000"]
+    for k, d in zip(kinetics_rows, davis_rows):
+        assert [k[m] for m in METRIC_NAMES] == [d[m] for m in METRIC_NAMES]
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory):
     from diffusers import CogVideoXPipeline
