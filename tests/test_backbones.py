@@ -71,13 +71,13 @@ def test_encode_decode_shapes_and_frame_as_latent(backbones, kind):
     bb = backbones[kind]
     # 9 frames -> 3 latent frames: CogVideoX's VAE decodes an even number of latent frames to 4F frames
     # instead of 4F - 3, so an odd count is the one every family's VAE maps back to the input length.
-    video = _video(frames=9, size=32)
+    video = _video(frames=9, size=16)
     latents = bb.encode_video(video)
-    assert latents.shape == (1, 3, bb.latent_channels, 4, 4)
+    assert latents.shape == (1, 3, bb.latent_channels, 2, 2)
     decoded = bb.decode_latents(latents)
     assert decoded.shape == video.shape and decoded.abs().max() <= 1
     per_frame = bb.encode_video(video, frame_as_latent=True)
-    assert per_frame.shape == (1, 9, bb.latent_channels, 4, 4)
+    assert per_frame.shape == (1, 9, bb.latent_channels, 2, 2)
     # Frame-as-latent: latent frame k is frame k encoded alone.
     alone = bb.encode_video(video[:, 3:4])
     assert torch.allclose(per_frame[:, 3:4], alone, atol=1e-6)
@@ -263,3 +263,18 @@ def test_hunyuan_schedule_is_the_pipelines(backbones):
     sched = copy.deepcopy(bb.scheduler)
     stock, _ = retrieve_timesteps(sched, 30, "cpu", sigmas=np.linspace(1.0, 0.0, 31)[:-1])
     assert torch.equal(bb.timesteps(30), stock)
+
+
+def test_hunyuan_real_size_structure_and_geometry():
+    """The stock default configs are HunyuanVideo's: built on the meta device (no memory, no weights)."""
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+
+    with torch.device("meta"):
+        transformer, vae = HunyuanVideoTransformer3DModel(), AutoencoderKLHunyuanVideo()
+    bb = HunyuanVideoBackbone("meta", transformer, FlowMatchEulerDiscreteScheduler(shift=7.0), vae)
+    assert bb.num_dual_layers == 20 and bb.num_layers == 60 and bb.heads == 24
+    assert bb.temporal_compression == 4 and bb.spatial_compression == 8
+    latents = torch.empty(1, 33, 16, 90, 160, device="meta")  # 129 frames at 720x1280
+    geo = bb.geometry(latents, text_tokens=40, frame_size=(720, 1280))
+    assert (geo.frames, geo.grid_h, geo.grid_w, geo.num_rgb_frames) == (33, 45, 80, 129)
+    assert geo.stride_px == (16.0, 16.0) and geo.text_position == "last"
