@@ -111,7 +111,10 @@ class Backbone:
         t = torch.as_tensor(timestep, device=latents.device).reshape(1)
         if hasattr(self.scheduler, "add_noise"):
             return self.scheduler.add_noise(latents, noise, t.long() if not t.is_floating_point() else t)
-        return self.scheduler.scale_noise(latents, t, noise)
+        # Flow matching: x_s = (1 - s) x0 + s noise with s = t / num_train_timesteps. The stock scale_noise
+        # looks t up in the scheduler's current schedule, which need not hold it (IndexError off-schedule).
+        sigma = t.float() / self.scheduler.config.num_train_timesteps
+        return ((1 - sigma) * latents.float() + sigma * noise.float()).to(latents.dtype)
 
     def check_layers(self, layers) -> list[int]:
         from difftrack.errors import check_index_range
