@@ -123,10 +123,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed calls per case (median reported); dense runs once")
     p.add_argument("--dense-shapes", nargs="*", default=["cogvideox-2b", "quick"],
                    help="shapes on which to run the dense baseline (it needs ~3x the fp32 logits in RAM)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads in every case (default: torch's default)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernel.json"))
     p.add_argument("--worker", nargs=2, metavar=("SHAPE", "CASE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(run_case(args.worker[0], args.worker[1], args.repeats)))
         return 0
@@ -141,8 +144,9 @@ def main(argv=None):
     for shape_name, case in tqdm(jobs, desc="kernel benchmark"):
         load_before = os.getloadavg()
         repeats = 1 if case == "dense" else args.repeats
-        done = subprocess.run([sys.executable, __file__, "--worker", shape_name, case, "--repeats", str(repeats)],
-                              capture_output=True, text=True, check=True)
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        done = subprocess.run([sys.executable, __file__, "--worker", shape_name, case, "--repeats", str(repeats),
+                               *threads], capture_output=True, text=True, check=True)
         entry = json.loads(done.stdout.strip().splitlines()[-1])
         entry["loadavg_before"], entry["loadavg_after"] = load_before, os.getloadavg()
         results[shape_name]["cases"][case] = entry

@@ -129,6 +129,11 @@ def test_chunking_over_points_and_heads_changes_nothing():
     chunked = match_torch(*args, memory_budget=5 * tokens_bytes, head_chunk=2)  # 1 point, 2 heads at a time
     for name in FIELDS:
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
+    bf16 = (query.bfloat16(), key.bfloat16(), *args[2:])
+    # bf16 keys are upcast a head chunk at a time; a budget this small forces one head per chunk
+    small = match_torch(*bf16, memory_budget=key.shape[1] * key.shape[2] * 4 * 3)
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(small, name), getattr(match_torch(*bf16), name), msg=name)
 
 
 def test_large_logits_stay_finite():

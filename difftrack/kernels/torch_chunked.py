@@ -1,12 +1,13 @@
 """Fused matching in plain torch, chunked over query points and heads (CPU and GPU).
 
-Per (query chunk, head chunk) one matmul gives the logits against every video token; one
-max-subtract-exp pass turns them into exp(logit - frame max) in place. The per-frame sums of that
-buffer give both softmaxes: the per-frame one (divide by the frame's sum) and the joint one over
-text + all frames (per-frame max/sum combined in :func:`joint_weights`), so the exp is computed once.
-Head averages are accumulated into two (chunk, F, P) buffers; nothing of size queries x tokens x
-heads exists at any time. Memory is bounded by ``memory_budget`` bytes of working buffers (plus the
-(N, F * P) reverse-direction cost when ``reverse`` is given).
+Per (query chunk, head chunk) one batched matmul over heads gives the logits against every video
+token, and one max-subtract-exp pass turns them into exp(logit - frame max) in place. The per-frame
+sums of that buffer give both softmaxes: the per-frame one (divide by the frame's sum) and the joint
+one over text + all frames (per-frame max/sum combined in :func:`joint_weights`), so the exp is
+computed once. A second batched matmul, over (point, frame) pairs, sums the heads with the two sets
+of coefficients into the head-averaged per-frame and joint probabilities of the chunk. Nothing of
+size queries x tokens x heads exists at any time: working buffers stay within ``memory_budget``
+bytes (plus, with ``reverse``, the (N, F * P) reverse-direction cost, which has no head axis).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from difftrack.kernels.common import MatchResult, accumulation_dtype, joint_weights, soft_argmax, window_tokens
 
-DEFAULT_MEMORY_BUDGET = 40 * 2**20
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
 
 
 def _chunk_rows(budget: int, row_bytes: int, total: int) -> int:
@@ -32,7 +33,8 @@ def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_bu
     heads, targets, _ = all_queries.shape
     sources = source_keys.shape[1]
     out = torch.zeros(len(source_index), targets, dtype=dtype, device=all_queries.device)
-    target_chunk = _chunk_rows(memory_budget, head_chunk * sources * torch.finfo(dtype).bits // 8, targets)
+    item = torch.finfo(dtype).bits // 8
+    target_chunk = _chunk_rows(memory_budget, head_chunk * (sources + len(source_index)) * item, targets)
     for t0 in range(0, targets, target_chunk):
         t1 = min(t0 + target_chunk, targets)
         for h0 in range(0, heads, head_chunk):
@@ -48,14 +50,19 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
                 memory_budget=DEFAULT_MEMORY_BUDGET, head_chunk=None):
     dtype = accumulation_dtype(query, key, text_key)
     device = query.device
-    heads, points, _ = query.shape
-    head_chunk = heads if head_chunk is None else min(head_chunk, heads)
+    heads, points, dim = query.shape
     tokens = grid_h * grid_w
     video = key.shape[1]
     frames = video // tokens
     text_len = 0 if text_key is None else text_key.shape[1]
     item = torch.finfo(dtype).bits // 8
-    query_chunk = _chunk_rows(memory_budget, (head_chunk + 2) * video * item, points)
+    # Keys in another dtype (bf16, fp16) are upcast one head chunk at a time; that copy gets half the budget.
+    upcast_bytes_per_head = 0 if key.dtype == dtype else video * dim * item
+    if head_chunk is None:
+        head_chunk = heads if not upcast_bytes_per_head else memory_budget // 2 // upcast_bytes_per_head
+    head_chunk = max(1, min(head_chunk, heads))
+    query_chunk = _chunk_rows(memory_budget - head_chunk * upcast_bytes_per_head, (head_chunk + 2) * video * item,
+                              points)
 
     backward = None
     if reverse is not None:
