@@ -277,14 +277,6 @@ def test_bad_input_is_one_line_exit_2_and_no_output(fixture_root, tmp_path, caps
     assert not out.exists()
 
 
-def test_bad_input_exit_code_from_the_command_line(tmp_path):
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "tapvid.py"), "--dataset", "davis", "--root",
-                             str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert not (tmp_path / "out").exists()
-
-
 def test_fixture_maker_is_deterministic(tmp_path):
     for name in ("a", "b"):
         assert make_tapvid_fixture.main(["--out", str(tmp_path / name / "tapvid_davis.pkl"), "--num-videos", "1",

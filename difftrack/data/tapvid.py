@@ -174,7 +174,7 @@ def _parse_entry(entry, name: str, source: Path) -> TapVidVideo:
         raise UserError(f"video {name} in {source} is not a TAP-Vid entry (a dict with 'video', 'points' and "
                         f"'occluded')")
     video = entry["video"]
-    if isinstance(video, (list, tuple)):
+    if isinstance(video, (list, tuple)) or (isinstance(video, np.ndarray) and video.dtype == object):
         video = np.stack([_decode_jpeg(frame, name, source) for frame in video])
     video = np.asarray(video)
     points = np.asarray(entry["points"], dtype=np.float32)
