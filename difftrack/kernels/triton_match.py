@@ -13,8 +13,10 @@ Three steps, none of which stores anything of size queries x tokens:
    tokens per point and frame) is then recomputed from the same statistics on the host.
 
 Logits are recomputed in step 3 (two matmul passes instead of one), the usual trade for not
-writing the cost volume to memory. Inputs are upcast to fp32 before ``tl.dot``: the interpreter
-computes bf16 dots wrongly, and fp32 accumulation is what the torch backend does too.
+writing the cost volume to memory. Dots accumulate in fp32; fp32 inputs use full-precision
+("ieee", not TF32) dots for parity with the torch backend. Under the interpreter bf16/fp16 inputs
+are upcast to fp32 before ``tl.dot`` because the interpreter computes bf16 dots wrongly; on a GPU
+they go to the tensor cores as they are.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def _interpreted() -> bool:
 
 @triton.jit
 def _segment_stats_kernel(q_ptr, k_ptr, max_ptr, sum_ptr, points, segment_len, segments, dim, scale,
-                          BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                          UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                          BLOCK_D: tl.constexpr):
     """q (H, points, dim), k (H, segments * segment_len, dim) -> max, sum (H, points, segments)."""
     block = tl.program_id(0)
     segment = tl.program_id(1)
@@ -44,16 +47,20 @@ def _segment_stats_kernel(q_ptr, k_ptr, max_ptr, sum_ptr, points, segment_len, s
     row_ok = rows < points
     col_ok = cols < dim
     q = tl.load(q_ptr + (head * points + rows[:, None]) * dim + cols[None, :],
-                mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                mask=row_ok[:, None] & col_ok[None, :], other=0.0)
     running_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     running_sum = tl.zeros((BLOCK_N,), tl.float32)
+    if UPCAST:
+        q = q.to(tl.float32)
     key_base = k_ptr + (head * segments + segment) * segment_len * dim
     for t0 in range(0, segment_len, BLOCK_T):
         tokens = t0 + tl.arange(0, BLOCK_T)
         token_ok = tokens < segment_len
         k = tl.load(key_base + tokens[:, None] * dim + cols[None, :], mask=token_ok[:, None] & col_ok[None, :],
-                    other=0.0).to(tl.float32)
-        logits = tl.dot(q, tl.trans(k)) * scale
+                    other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        logits = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         logits = tl.where(token_ok[None, :], logits, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
@@ -68,7 +75,7 @@ def _peak_kernel(q_ptr, k_ptr, frame_max_ptr, cost_coef_ptr, joint_coef_ptr,
                  reverse_q_ptr, source_key_ptr, reverse_max_ptr, reverse_coef_ptr,
                  argmax_ptr, peak_ptr, joint_max_ptr,
                  heads, points, tokens, frames, dim, scale,
-                 REVERSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                 REVERSE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """Running argmax/max over one frame of the head-summed coefficient x exp(logit - frame max).
 
     frame_max/cost_coef/joint_coef: (H, points, frames). With REVERSE, also adds
@@ -94,25 +101,32 @@ def _peak_kernel(q_ptr, k_ptr, frame_max_ptr, cost_coef_ptr, joint_coef_ptr,
         joint = tl.zeros((BLOCK_N, BLOCK_T), tl.float32)
         for head in range(0, heads):
             q = tl.load(q_ptr + (head * points + rows[:, None]) * dim + cols[None, :], mask=q_mask,
-                        other=0.0).to(tl.float32)
+                        other=0.0)
             k = tl.load(k_ptr + (head * frames * tokens + video_index[:, None]) * dim + cols[None, :], mask=k_mask,
-                        other=0.0).to(tl.float32)
+                        other=0.0)
             stat = (head * points + rows) * frames + frame
             frame_max = tl.load(frame_max_ptr + stat, mask=row_ok, other=0.0)
             cost_coef = tl.load(cost_coef_ptr + stat, mask=row_ok, other=0.0)
             joint_coef = tl.load(joint_coef_ptr + stat, mask=row_ok, other=0.0)
-            weights = tl.exp(tl.dot(q, tl.trans(k)) * scale - frame_max[:, None])
+            if UPCAST:
+                q = q.to(tl.float32)
+                k = k.to(tl.float32)
+            weights = tl.exp(tl.dot(q, tl.trans(k), input_precision="ieee") * scale - frame_max[:, None])
             cost += weights * cost_coef[:, None]
             joint += weights * joint_coef[:, None]
             if REVERSE:
                 source_key = tl.load(source_key_ptr + (head * points + rows[:, None]) * dim + cols[None, :],
-                                     mask=q_mask, other=0.0).to(tl.float32)
+                                     mask=q_mask, other=0.0)
                 target_q = tl.load(reverse_q_ptr + (head * frames * tokens + video_index[:, None]) * dim + cols[None, :],
-                                   mask=k_mask, other=0.0).to(tl.float32)
+                                   mask=k_mask, other=0.0)
                 reverse_max = tl.load(reverse_max_ptr + head * frames * tokens + video_index, mask=token_ok, other=0.0)
                 reverse_coef = tl.load(reverse_coef_ptr + head * frames * tokens + video_index, mask=token_ok,
                                        other=0.0)
-                backward = tl.exp(tl.dot(source_key, tl.trans(target_q)) * scale - reverse_max[None, :])
+                if UPCAST:
+                    source_key = source_key.to(tl.float32)
+                    target_q = target_q.to(tl.float32)
+                backward = tl.exp(tl.dot(source_key, tl.trans(target_q), input_precision="ieee") * scale
+                                  - reverse_max[None, :])
                 cost += backward * reverse_coef[None, :]
         cost = tl.where(token_ok[None, :], cost, float("-inf"))
         joint = tl.where(token_ok[None, :], joint, float("-inf"))
@@ -141,7 +155,7 @@ def _segment_stats(q, k, segment_len, segments, scale):
     frame_sum = torch.empty_like(frame_max)
     grid = (triton.cdiv(points, block_n), segments, heads)
     _segment_stats_kernel[grid](q, k, frame_max, frame_sum, points, segment_len, segments, dim, scale,
-                                BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_D=block_d)
+                                UPCAST=_interpreted(), BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_D=block_d)
     return frame_max, frame_sum
 
 
@@ -171,7 +185,15 @@ def match_triton(query, key, grid_h, grid_w, source_frame, text_key=None, scale=
     heads, points, dim = query.shape
     tokens = grid_h * grid_w
     frames = key.shape[1] // tokens
-    query, key = query.contiguous(), key.contiguous()
+    # tl.dot needs one operand dtype; mixed or float64 inputs are computed in float32.
+    dtypes = {t.dtype for t in (query, key, text_key, None if reverse is None else reverse[0]) if t is not None}
+    native = (torch.float32, torch.bfloat16, torch.float16)
+    dtype = query.dtype if len(dtypes) == 1 and query.dtype in native else torch.float32
+    query, key = query.to(dtype).contiguous(), key.to(dtype).contiguous()
+    if text_key is not None:
+        text_key = text_key.to(dtype)
+    if reverse is not None:
+        reverse = (reverse[0].to(dtype), reverse[1])
 
     frame_max, frame_sum = _segment_stats(query, key, tokens, frames, scale)
     text_max = text_sum = None
@@ -203,7 +225,7 @@ def match_triton(query, key, grid_h, grid_w, source_frame, text_key=None, scale=
         unused if all_queries is None else all_queries, unused if source_keys is None else source_keys,
         unused if reverse_max is None else reverse_max, unused if reverse_coef is None else reverse_coef,
         argmax, peak, max_frames, heads, points, tokens, frames, dim, scale,
-        REVERSE=reverse is not None, BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_D=block_d)
+        REVERSE=reverse is not None, UPCAST=_interpreted(), BLOCK_N=block_n, BLOCK_T=block_t, BLOCK_D=block_d)
 
     index, valid, centres = window_tokens(argmax, grid_h, grid_w, window)
     values = _window_cost(query, key, all_queries, source_keys, index, frame_max, cost_coef, reverse_max,
