@@ -250,6 +250,54 @@ def model_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """A random model with the embedded model's architecture (pixel space, flow matching), as tiny-video is saved."""
+    import difftrack
+    from difftrack.backbones.embedded import build_components, model_config, save_components
+
+    path = tmp_path_factory.mktemp("embedded") / "tiny"
+    config = model_config(layers=3, heads=2, head_dim=16, size=16, frames=3, text_tokens=6)
+    save_components(build_components(config), path, frames_per_sample=3)
+    return difftrack.create_backbone(str(path))
+
+
+def test_generated_video_is_measured_on_its_own_trajectory(embedded):
+    from difftrack.capture import DescriptorCapture
+    from difftrack.sampling import initial_noise, sample
+
+    config = AnalysisConfig(model="tiny", layers=[0, 2], steps=[0, 2], num_steps=3, grid=4, guidance_scale=4.0)
+    analyzer = Analyzer(embedded, config)
+    job = VideoJob("generated", "p0", prompt="a striped disc moves left over a brick wall", seed=7)
+    video, geometry, reducer, tracks, visible = analyzer.generate(job, want_figures=False, progress=False)
+    # capturing does not change the generation
+    plain = sample(embedded, job.prompt, num_frames=3, height=16, width=16, num_steps=3, seed=7, guidance_scale=4.0,
+                   output="uint8", progress=False)
+    assert np.array_equal(video, plain)
+    assert set(reducer.reductions) == {(0, 0), (0, 2), (2, 0), (2, 2)}
+    assert tracks.shape == (3, 16, 2) and visible.shape == (3, 16)
+    # step 0 replayed by hand: the conditional branch on the seed's initial noise at the first timestep
+    x = initial_noise(embedded, 1, 3, 16, 16, seed=7)
+    t = embedded.timesteps(3)[0]
+    replay = StepReducer(geometry, grid_query_tokens(geometry, 4))
+    with DescriptorCapture(embedded, [0, 2], features=True, on_capture=replay) as cap:
+        cap.step = 0
+        embedded.predict(x, t, embedded.encode_prompt([job.prompt]))
+    for layer in (0, 2):
+        a, b = reducer.reductions[(layer, 0)], replay.reductions[(layer, 0)]
+        np.testing.assert_allclose(a.qk_xy, b.qk_xy, atol=1e-4)
+        np.testing.assert_allclose(a.mass_frames, b.mass_frames, atol=1e-5)
+        np.testing.assert_allclose(a.feat_xy, b.feat_xy, atol=1e-4)
+
+
+def test_generator_clips_on_a_flow_matching_model_at_every_step(embedded, tmp_path):
+    config = AnalysisConfig(model="tiny", steps=None, num_steps=4, grid=4)
+    results = run_analysis(Analyzer(embedded, config), [VideoJob("synthetic", "5", seed=5)], tmp_path, progress=False)
+    table = np.asarray(results["videos"][0]["metrics"]["attn_cross"], float)
+    assert table.shape == (3, 4) and np.isfinite(table).all()
+    assert results["videos"][0]["points"] == 16
+
+
 def _cli_error(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err

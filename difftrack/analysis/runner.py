@@ -191,21 +191,13 @@ class Analyzer:
                               **self._figure_selection(geometry, query_xy, want_figures))
         guidance = GuidanceConfig("cfg", cfg.guidance_scale) if cfg.guidance_scale > 1 else GuidanceConfig("none")
         cond_row = [1] if guidance.uses_uncond else [0]  # the sampler batches [uncond, cond]
-        bar = tqdm(total=cfg.num_steps, desc=f"generating {job.name}", unit="step", disable=not progress,
-                   leave=False)
-
         with DescriptorCapture(bb, self.layers, steps=self.steps, features=cfg.features, batch_rows=cond_row,
                                on_capture=reducer) as cap:
             def on_step(step_index, _timestep):
                 cap.step = int(step_index)
-                bar.update(1)
 
             video = sample(bb, job.prompt, num_frames=frames, height=height, width=width, num_steps=cfg.num_steps,
-                           seed=job.seed, guidance=guidance, on_step=on_step, output="uint8")
-        bar.close()
-        video = np.asarray(video)
-        if video.ndim == 5:
-            video = video[0]
+                           seed=job.seed, guidance=guidance, on_step=on_step, output="uint8", progress=progress)
         queries = np.concatenate([np.zeros((len(query_xy), 1)), geometry.token_to_pixel(query_xy)], 1)
         tracks, visible = self.labeller(video, queries.astype(np.float32))
         return video, geometry, reducer, tracks, visible
