@@ -53,8 +53,8 @@ class WanBackbone(FlowMatchingMixin, Backbone):
     @property
     def patch_size(self) -> int:
         p_t, p_h, p_w = self.transformer.config.patch_size
-        if p_h != p_w:
-            raise NotImplementedError(f"non-square Wan patches {p_h}x{p_w} are not supported")
+        if p_t != 1 or p_h != p_w:  # the token geometry maps one latent frame to one token frame, square tokens
+            raise NotImplementedError(f"Wan patch size {(p_t, p_h, p_w)} is not supported; (1, p, p) is")
         return p_h
 
     @property
