@@ -26,10 +26,9 @@ def pca_rgb(feature_map: np.ndarray) -> np.ndarray:
     x = torch.as_tensor(feature_map.reshape(-1, channels), dtype=torch.float64)
     x = x - x.mean(0)
     _, _, v = torch.linalg.svd(x, full_matrices=False)
-    basis = v[:3].T
-    # SVD signs are arbitrary: fix each component's sign so that its largest loading is positive.
-    basis = basis * torch.sign(basis[basis.abs().argmax(0), torch.arange(basis.shape[1])])
-    proj = (x @ basis).numpy()
+    proj = x @ v[:3].T
+    # SVD signs are arbitrary: orient each component so that its most extreme token is positive.
+    proj = (proj * torch.sign(proj[proj.abs().argmax(0), torch.arange(proj.shape[1])])).numpy()
     if proj.shape[1] < 3:
         proj = np.pad(proj, ((0, 0), (0, 3 - proj.shape[1])))
     lo, hi = np.percentile(proj, 1, axis=0), np.percentile(proj, 99, axis=0)
