@@ -16,7 +16,7 @@ install-test:
 
 demo: install
 	mkdir -p $(DEMO_DIR)
-	$(PYTHON) -m difftrack.data.synthetic --demo $(DEMO_DIR)/demo.mp4
+	difftrack synth $(DEMO_DIR)/demo.mp4 --photo --speed 0.6 --seed 400 --frames 24 --size 256
 	difftrack track $(DEMO_DIR)/demo.mp4 --grid 10 --out $(DEMO_DIR)/demo_tracks
 
 test: install-test

@@ -17,6 +17,7 @@ COMMANDS = {
     "generate": "difftrack.commands.generate",
     "probe": "difftrack.commands.probe",
     "train-tiny": "difftrack.commands.train_tiny",
+    "synth": "difftrack.commands.synth",
 }
 
 

@@ -22,6 +22,9 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None):
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or "".join(final.suffixes) or ".tmp",
                                dir=final.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the user's usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, final)
