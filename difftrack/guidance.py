@@ -289,13 +289,27 @@ def combine(pred_cond, pred_uncond=None, pred_perturbed=None, cfg_scale: float =
     return out
 
 
-def _stack_rows(parts: list[dict]) -> dict:
-    """Concatenate per-branch keyword arguments along the batch (tensors) or check they agree (others)."""
-    out = {}
-    for name in parts[0]:
-        values = [p[name] for p in parts]
-        out[name] = torch.cat(values, dim=0) if torch.is_tensor(values[0]) else values[0]
-    return out
+def _batch_conditioning(conds: list[tuple]) -> tuple[torch.Tensor, dict]:
+    """Stack per-branch (embeds, extras) along the batch.
+
+    Branches encoded separately can differ in text length when the adapter trims padding
+    (HunyuanVideo); the shorter ones are padded back with masked-out tokens, which the model ignores.
+    """
+    embeds = [c[0] for c in conds]
+    extras = [dict(c[1]) for c in conds]
+    longest = max(e.shape[1] for e in embeds)
+    for i, e in enumerate(embeds):
+        pad = longest - e.shape[1]
+        if pad:
+            if "prompt_attention_mask" not in extras[i]:
+                raise ValueError("branches differ in text length and carry no prompt_attention_mask to pad with")
+            embeds[i] = F.pad(e, (0, 0, 0, pad))
+            extras[i]["prompt_attention_mask"] = F.pad(extras[i]["prompt_attention_mask"], (0, pad))
+    stacked = {}
+    for name in extras[0]:
+        values = [x[name] for x in extras]
+        stacked[name] = torch.cat(values, dim=0) if torch.is_tensor(values[0]) else values[0]
+    return torch.cat(embeds, dim=0), stacked
 
 
 class GuidedPredictor:
@@ -331,9 +345,7 @@ class GuidedPredictor:
 
     def _forward(self, latents, timestep, names: list[str]) -> list[torch.Tensor]:
         b = latents.shape[0]
-        conds = [self.uncond if n == "uncond" else self.cond for n in names]
-        embeds = torch.cat([c[0] for c in conds], dim=0)
-        extras = _stack_rows([c[1] for c in conds])
+        embeds, extras = _batch_conditioning([self.uncond if n == "uncond" else self.cond for n in names])
         if self.removal is not None:
             state = self.removal.state
             state.perturbed_from = names.index("perturbed") * b if "perturbed" in names else None

@@ -228,3 +228,17 @@ def test_bad_guidance_settings(backbones):
         GuidanceConfig("cfg", float("nan"))
     with pytest.raises(UserError, match="not a range"):
         GuidanceConfig("cag", 6.0, 1.0, (0,), cag_steps=(3, 3))
+
+
+def test_separately_encoded_branches_of_different_text_length(backbones):
+    """HunyuanVideo trims text padding per encoding call: the shorter branch is padded back with masked
+    tokens, which leaves the prediction as if both had been encoded together."""
+    bb = backbones["hunyuanvideo"]
+    uncond, cond = bb.encode_conditioning([""]), bb.encode_conditioning([PROMPT])
+    assert uncond[0].shape[1] < cond[0].shape[1]
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(1, 2, bb.latent_channels, 8, 8, generator=g)
+    config = GuidanceConfig("cag", 6.0, 1.0, (0, 1))
+    with GuidedPredictor(bb, config, cond, uncond) as predictor:
+        separate = predictor(latents, torch.tensor(700.0), step_index=0)
+    torch.testing.assert_close(separate, _guided(bb, config), rtol=1e-4, atol=1e-4)

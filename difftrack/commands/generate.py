@@ -1,0 +1,184 @@
+"""Generate videos, optionally with cross-attention guidance (CAG) for temporal coherence.
+
+CAG adds s_cag (pred_c - pred_perturbed) to classifier-free guidance, where the perturbed branch runs
+the --cag-layers with cross-frame attention removed (each video token sees only the text and its own
+latent frame). Writes OUT (MP4) and OUT.json (prompt, seed, guidance settings, model, seconds).
+
+examples:
+  difftrack generate --prompt "a red disc moves left" --out disc.mp4                 # CFG, embedded model
+  difftrack generate --prompt "a red disc moves left" --guidance cag --cag-layers 2 3 --out disc_cag.mp4
+  difftrack generate --prompt "a red disc moves left" --guidance cag --cag-layers auto --recommendation runs/analysis
+  difftrack generate --prompts-file prompts.txt --seed 0 1 2 --guidance cag --out videos/   # one video per prompt and seed
+  difftrack generate --model THUDM/CogVideoX-2b --prompt "a cat" --guidance cag --cag-layers 13 17 21 --steps 50
+
+prompts file: one prompt per line; blank lines and lines starting with # are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import difftrack
+from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.errors import UserError
+from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support, default_cag_layers
+from difftrack.io import atomic_path, write_video
+
+
+def add_arguments(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="text prompt of one video")
+    src.add_argument("--prompts-file", metavar="FILE", help="text file with one prompt per line (writes one video per "
+                                                            "prompt and seed into the --out directory)")
+    p.add_argument("--negative-prompt", default="", help="prompt of the unconditional branch (default: empty)")
+    p.add_argument("--model", default=DEFAULT_BACKBONE,
+                   help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE})")
+    p.add_argument("--guidance", choices=GUIDANCE_MODES, default="cfg",
+                   help="none: conditional prediction only; cfg: classifier-free guidance; cag: CFG plus "
+                        "cross-attention guidance (default cfg)")
+    p.add_argument("--cfg-scale", default="6", metavar="W", help="classifier-free guidance weight w_cfg (default 6)")
+    p.add_argument("--cag-scale", default="1.0", metavar="S", help="CAG weight s_cag (default 1.0)")
+    p.add_argument("--cag-layers", nargs="+", default=None, metavar="L",
+                   help="0-based attention layers perturbed by CAG, or `auto` (reads --recommendation); default: "
+                        "the model's known CAG layers (CogVideoX-2B 13 17 21, 5B 15 17 18) or its middle layers")
+    p.add_argument("--recommendation", metavar="DIR",
+                   help="analysis directory (or its recommendation.json) for --cag-layers auto")
+    p.add_argument("--cag-steps", nargs=2, type=int, default=None, metavar=("START", "STOP"),
+                   help="apply CAG only at step indices START <= i < STOP (default: every step)")
+    p.add_argument("--sequential-branches", action="store_true",
+                   help="run the uncond/cond/perturbed branches one after another instead of batched (less memory, "
+                        "same result)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="S", help="seed(s); one video per seed")
+    p.add_argument("--frames", type=int, default=None, help="RGB frames (default: the model's own)")
+    p.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's own)")
+    p.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's own)")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written MP4 (default 8)")
+    p.add_argument("--out", default=None,
+                   help="output MP4 for one video (default generated.mp4); an existing directory for several")
+
+
+def parse_scale(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} must be a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"{flag} must be a finite number >= 0, got {text}")
+    return value
+
+
+def read_prompts(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
+    try:
+        lines = file.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"prompts file {path} is not UTF-8 text; write one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"prompts file {path} holds no prompt; write one prompt per line")
+    return prompts
+
+
+def resolve_cag_layers(values, recommendation, backbone) -> list[int]:
+    if values is None:
+        return default_cag_layers(backbone)
+    if values == ["auto"]:
+        from difftrack.tracker import load_recommendation
+
+        if recommendation is None:
+            raise UserError("--cag-layers auto needs --recommendation DIR (from `difftrack analyze --out DIR`)")
+        return load_recommendation(recommendation, backbone)[0]
+    try:
+        layers = [int(v) for v in values]
+    except ValueError:
+        raise UserError(f"--cag-layers takes integers or `auto`, got {' '.join(values)}") from None
+    try:
+        return backbone.check_layers(layers)
+    except UserError as exc:
+        raise UserError(f"--cag-layers: {exc}") from None
+
+
+def generation_size(backbone, frames=None, height=None, width=None) -> tuple[int, int, int]:
+    """(frames, height, width) in pixels: the model's trained sample size unless given."""
+    cfg = backbone.transformer.config
+    sc = 1 if backbone.vae is None else backbone.spatial_compression
+    trained = {"frames": cfg.get("sample_frames"), "height": cfg.get("sample_height"), "width": cfg.get("sample_width")}
+    given = {"frames": frames, "height": height, "width": width}
+    out = []
+    for name, value in given.items():
+        if value is None:
+            if trained[name] is None:
+                raise UserError(f"{backbone.name} does not record its trained {name}; pass --{name}")
+            value = int(trained[name]) * (1 if name == "frames" else sc)
+        if value < 1:
+            raise UserError(f"--{name} must be positive, got {value}")
+        out.append(int(value))
+    return tuple(out)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
+
+
+def plan_outputs(args, prompts: list[str]) -> list[tuple[str, int, Path]]:
+    """(prompt, seed, output path) of every video; checked before any model is loaded."""
+    seeds = list(dict.fromkeys(args.seed))
+    if args.prompts_file is None and len(seeds) == 1:
+        out = Path(args.out or "generated.mp4")
+        if out.is_dir():
+            raise UserError(f"--out {out} is a directory; give a file name such as {out / 'video.mp4'}")
+        if not out.parent.exists():
+            raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
+        return [(prompts[0], seeds[0], out)]
+    if args.out is None or not Path(args.out).is_dir():
+        raise UserError(f"with several prompts or seeds, --out must be an existing directory "
+                        f"(got {args.out or 'nothing'}); create it first")
+    out = Path(args.out)
+    return [(prompt, seed, out / f"{i:03d}-{_slug(prompt)}-seed{seed}.mp4")
+            for i, prompt in enumerate(prompts) for seed in seeds]
+
+
+def run(args):
+    from difftrack.sampling import sample
+
+    cfg_scale = parse_scale("--cfg-scale", args.cfg_scale)
+    cag_scale = parse_scale("--cag-scale", args.cag_scale)
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    if args.prompts_file is not None:
+        prompts = read_prompts(args.prompts_file)
+    elif not args.prompt.strip():
+        raise UserError("--prompt is empty; give the text the video should show")
+    else:
+        prompts = [args.prompt]
+    jobs = plan_outputs(args, prompts)
+
+    backbone = difftrack.create_backbone(args.model)
+    if args.guidance == "cag":
+        check_cag_support(backbone)
+    layers = resolve_cag_layers(args.cag_layers, args.recommendation, backbone) if args.guidance == "cag" else []
+    guidance = GuidanceConfig(args.guidance, cfg_scale, cag_scale, tuple(layers),
+                              tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)
+    settings = {"guidance": args.guidance, "cfg_scale": cfg_scale, "cag_scale": cag_scale, "cag_layers": layers,
+                "cag_steps": args.cag_steps, "steps": args.steps, "negative_prompt": args.negative_prompt,
+                "model": backbone.name, "difftrack_version": difftrack.__version__}
+    frames, height, width = generation_size(backbone, args.frames, args.height, args.width)
+    for prompt, seed, out in jobs:
+        start = time.perf_counter()
+        video = sample(backbone, prompt, num_frames=frames, height=height, width=width, num_steps=args.steps,
+                       seed=seed, negative_prompt=args.negative_prompt, guidance=guidance, output="uint8")
+        seconds = time.perf_counter() - start
+        meta = {"prompt": prompt, "seed": seed, **settings, "frames": int(video.shape[0]),
+                "height": int(video.shape[1]), "width": int(video.shape[2]), "seconds": round(seconds, 3)}
+        with atomic_path(out.with_suffix(".json")) as json_tmp:
+            json_tmp.write_text(json.dumps(meta, indent=2))
+            write_video(out, video, args.fps)
+        print(f"{prompt!r} seed {seed}: {video.shape[0]} frames {video.shape[2]}x{video.shape[1]}, "
+              f"{args.guidance} guidance, {seconds:.1f} s -> {out}")

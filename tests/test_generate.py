@@ -1,0 +1,149 @@
+"""`difftrack generate`: guided sampling end to end on a tiny embedded-architecture model, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from difftrack.cli import main
+from difftrack.guidance import GuidanceConfig
+from difftrack.io import read_video
+from difftrack.sampling import sample
+
+PROMPT = "a striped disc moves left over a brick wall"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A randomly initialised model with the embedded model's architecture, saved as tiny-video is."""
+    from difftrack.backbones.embedded import build_components, model_config, save_components
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    config = model_config(layers=3, heads=2, head_dim=16, size=16, frames=3, text_tokens=6)
+    save_components(build_components(config), path, frames_per_sample=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backbone(model_dir):
+    import difftrack
+
+    return difftrack.create_backbone(str(model_dir))
+
+
+def _sample(backbone, guidance, seed=5, steps=3):
+    return sample(backbone, PROMPT, num_frames=3, height=16, width=16, num_steps=steps, seed=seed, guidance=guidance,
+                  output="tensor", progress=False)
+
+
+def test_cag_scale_zero_equals_cfg_exactly(backbone):
+    cfg = _sample(backbone, GuidanceConfig("cfg", 6.0))
+    cag0 = _sample(backbone, GuidanceConfig("cag", 6.0, 0.0, (1,)))
+    assert torch.equal(cfg, cag0)
+    cag = _sample(backbone, GuidanceConfig("cag", 6.0, 3.0, (1,)))
+    assert (cag - cfg).abs().max() > 1e-3
+
+
+def test_same_seed_same_video_and_sequential_branches(backbone):
+    config = GuidanceConfig("cag", 6.0, 1.0, (0, 2))
+    a = _sample(backbone, config)
+    assert torch.equal(a, _sample(backbone, config))
+    sequential = GuidanceConfig("cag", 6.0, 1.0, (0, 2), sequential_branches=True)
+    torch.testing.assert_close(_sample(backbone, sequential), a, rtol=1e-4, atol=1e-4)
+    assert (_sample(backbone, config, seed=6) - a).abs().max() > 1e-3
+
+
+def _cli(capsys, *argv):
+    """Exit code and the error lines on stderr (library progress bars, e.g. weight loading, left out)."""
+    code = main(["generate", *map(str, argv)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines()]
+    return code, [line for line in lines if line and "it/s]" not in line and "s/it]" not in line]
+
+
+def test_generate_one_video(model_dir, tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    code, err = _cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--guidance", "cag", "--cag-layers", 1, 2,
+                     "--cag-scale", 1.5, "--steps", 2, "--seed", 3, "--out", out)
+    assert code == 0, err
+    video, _ = read_video(out)
+    assert video.shape == (3, 16, 16, 3)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["guidance"] == "cag" and meta["cag_layers"] == [1, 2] and meta["cag_scale"] == 1.5
+    assert meta["seed"] == 3 and meta["prompt"] == PROMPT
+
+
+def test_prompts_file_writes_one_video_per_prompt_and_seed(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# demo\na red disc moves up\n\nthe camera pans over a uniform brick wall\n")
+    out = tmp_path / "videos"
+    out.mkdir()
+    code, err = _cli(capsys, "--model", model_dir, "--prompts-file", prompts, "--seed", 0, 1, "--steps", 1,
+                     "--guidance", "cfg", "--out", out)
+    assert code == 0, err
+    assert len(list(out.glob("*.mp4"))) == 4 and len(list(out.glob("*.json"))) == 4
+
+
+def test_cag_layers_auto_reads_the_recommendation(model_dir, tmp_path, capsys):
+    rec = tmp_path / "analysis"
+    rec.mkdir()
+    (rec / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [2], "steps": [0],
+                                                         "metric": "accuracy"}))
+    out = tmp_path / "auto.mp4"
+    code, err = _cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--guidance", "cag", "--cag-layers", "auto",
+                     "--recommendation", rec, "--steps", 1, "--out", out)
+    assert code == 0, err
+    assert json.loads(out.with_suffix(".json").read_text())["cag_layers"] == [2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cag-layers", 7], "out of range"),
+    (["--cag-layers", "x"], "integers or `auto`"),
+    (["--cag-layers", "auto"], "--recommendation"),
+    (["--cag-scale", -1], ">= 0"),
+    (["--cag-scale", "abc"], "number"),
+    (["--cfg-scale", "nan"], "finite"),
+])
+def test_bad_guidance_input(model_dir, tmp_path, capsys, argv, message):
+    out = tmp_path / "bad.mp4"
+    code, err = _cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--guidance", "cag", "--steps", 1,
+                     "--out", out, *argv)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_output_and_prompts(model_dir, tmp_path, capsys):
+    code, err = _cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--out", tmp_path / "missing" / "v.mp4")
+    assert code == 2 and len(err) == 1 and "does not exist" in err[0]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing here\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    code, err = _cli(capsys, "--model", model_dir, "--prompts-file", empty, "--out", out)
+    assert code == 2 and len(err) == 1 and "holds no prompt" in err[0]
+    code, err = _cli(capsys, "--model", model_dir, "--prompt", " ", "--out", out / "v.mp4")
+    assert code == 2 and len(err) == 1 and "empty" in err[0]
+    assert list(out.iterdir()) == []
+
+
+def test_wan_refuses_cag(tmp_path, capsys):
+    from difftrack.testing import save_pipeline, tiny_components, tiny_pipeline_class
+
+    path = tmp_path / "wan"
+    save_pipeline(tiny_components("wan"), tiny_pipeline_class("wan"), path)
+    out = tmp_path / "w.mp4"
+    code, err = _cli(capsys, "--model", path, "--prompt", PROMPT, "--guidance", "cag", "--cag-layers", 0,
+                     "--steps", 1, "--out", out)
+    assert code == 2 and len(err) == 1 and "separate cross-attention" in err[0]
+    assert not out.exists()
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "--guidance cag" in text and "--prompts-file" in text
+    assert np.all([flag in text for flag in ("--cag-layers", "--cag-scale", "--cfg-scale", "--sequential-branches")])
