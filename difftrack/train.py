@@ -83,6 +83,7 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int) -> torch.Tensor
     transformer, text_encoder, tokenizer = components["transformer"], components["text_encoder"], components["tokenizer"]
     x0, captions = training_batch(cfg, step)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    torch.manual_seed(cfg.seed * 1_000_003 + step)  # the text encoder's dropout: same masks after a resume
     b, f = x0.shape[:2]
     drop = torch.rand(b, generator=g) < cfg.caption_dropout
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
@@ -192,11 +193,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         optimizer.step()
         lr_schedule.step()
         step += 1
-        history.append({"step": step, "loss": float(loss), "wall": wall_before + time.time() - started})
+        history.append({"step": step, "loss": loss.item(), "wall": wall_before + time.time() - started})
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean([h['loss'] for h in history[-50:]]):.4f}")
-        if not math.isfinite(float(loss)):
-            raise RuntimeError(f"loss became {float(loss)} at step {step}")
+        if not math.isfinite(history[-1]["loss"]):
+            raise RuntimeError(f"loss became {history[-1]['loss']} at step {step}")
         if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps:
             _save_checkpoint(run_dir, components, optimizer, lr_schedule, step, history, cfg)
             last_save = time.time()

@@ -91,6 +91,9 @@ class EmbeddedBackbone(CogVideoXBackbone):
     def temporal_compression(self) -> int:
         return 1
 
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.native_size  # encode_video resizes to it anyway
+
     def prediction_type(self) -> str:
         return "flow"  # rectified flow: the model predicts noise - x0
 
@@ -152,6 +155,8 @@ class EmbeddedImageBackbone(EmbeddedBackbone):
         return x.reshape(bf // f, f, h, p, d).transpose(1, 2).reshape(bf // f, h, f * p, d)
 
     def split_descriptors(self, attn, call: ProcessorCall):
+        # Text tokens go through every per-frame forward, so past layer 0 each frame has its own text
+        # keys; the joint-softmax text mass needs one set, and frame 0's (the query frame's) is reported.
         qv, kv, kt = super().split_descriptors(attn, call)
         return self._unfold(qv), self._unfold(kv), kt[:: self._frames]
 

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difftrack import train as train_module
+from difftrack.backbones import create_backbone
+from difftrack.cli import main
+from difftrack.errors import UserError
+from difftrack.train import TrainConfig, noise_levels, train
+
+TINY = dict(size=16, layers=1, heads=2, head_dim=16, batch=1, frames=2, warmup=1, checkpoint_minutes=0.0)
+
+
+def _weights(out):
+    return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+def test_two_steps_through_the_cli_give_a_loadable_model(tmp_path, capsys):
+    code = main(["train-tiny", "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"), "--steps", "2",
+                 "--size", "16", "--layers", "1", "--heads", "2", "--head-dim", "16", "--batch", "1",
+                 "--frames", "2", "--warmup", "1"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["final_loss"] > 0
+    bb = create_backbone(str(tmp_path / "m"))
+    assert bb.native_size == (16, 16) and bb.max_frames == 2 and bb.num_layers == 1
+    assert (tmp_path / "run" / "checkpoint" / "optimizer.pt").is_file()
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    train(TrainConfig(out=str(tmp_path / "a"), run_dir=str(tmp_path / "ra"), steps=3, **TINY), progress=False)
+
+    real = train_module.loss_for_step
+
+    def killed_at_step_two(cfg, components, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(cfg, components, step)
+
+    monkeypatch.setattr(train_module, "loss_for_step", killed_at_step_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "b"), run_dir=str(tmp_path / "rb"), steps=3, **TINY), progress=False)
+    monkeypatch.setattr(train_module, "loss_for_step", real)
+    train(TrainConfig(out=str(tmp_path / "b"), run_dir=str(tmp_path / "rb"), steps=3, **TINY), progress=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    history = json.loads((tmp_path / "b" / "training.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    train(TrainConfig(out=str(tmp_path / "a"), run_dir=str(tmp_path / "r"), steps=1, **TINY), progress=False)
+    with pytest.raises(UserError, match="different run"):
+        train(TrainConfig(out=str(tmp_path / "a"), run_dir=str(tmp_path / "r"), steps=2, **{**TINY, "lr": 1e-3}),
+              progress=False)
+
+
+def test_image_twin_trains_every_frame_as_its_own_sample(tmp_path, monkeypatch):
+    from diffusers import CogVideoXTransformer3DModel
+
+    shapes = []
+    real_forward = CogVideoXTransformer3DModel.forward
+
+    def spy(self, hidden_states, *args, **kwargs):
+        shapes.append(tuple(hidden_states.shape[:2]))
+        return real_forward(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(CogVideoXTransformer3DModel, "forward", spy)
+    cfg = TrainConfig(out=str(tmp_path / "i"), run_dir=str(tmp_path / "ri"), steps=2, image_twin=True,
+                      **{**TINY, "batch": 2, "frames": 3})
+    train(cfg, progress=False)
+    assert shapes == [(6, 1), (6, 1)]
+    assert type(create_backbone(str(tmp_path / "i"))).__name__ == "EmbeddedImageBackbone"
+
+
+def test_noise_levels_sometimes_differ_per_frame_and_keep_a_nearly_clean_frame():
+    g = torch.Generator().manual_seed(0)
+    s, per_frame = noise_levels(g, 400, 8)
+    assert ((per_frame >= 0) & (per_frame <= s[:, None] + 1e-6)).all()
+    same = (per_frame == s[:, None]).all(1)
+    assert 0.2 < same.float().mean() < 0.6
+    assert 0.15 < (per_frame.min(1).values < 0.05).float().mean() < 0.45
