@@ -160,7 +160,7 @@ def _segment_stats(q, k, segment_len, segments, scale):
 
 
 def _window_cost(query, key, all_queries, source_keys, index, frame_max, cost_coef, reverse_max, reverse_coef,
-                 scale, tokens, point_chunk=64):
+                 scale, tokens, point_chunk=32):
     """Head-summed per-frame (+ reverse) probabilities at a few in-frame tokens per (point, frame)."""
     heads, points, _ = query.shape
     frames = index.shape[1]
