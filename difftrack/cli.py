@@ -21,8 +21,15 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors follow the project's convention: one `error: ` line on stderr, exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="difftrack",
         description="Temporal correspondences inside video diffusion transformers: measure where the 3D attention "
                     "matches points across frames (analyze), track points zero-shot (track), and guide generation "

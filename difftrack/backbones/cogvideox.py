@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from difftrack.errors import UserError
 from difftrack.backbones import (
     Backbone,
     ProcessorCall,
@@ -58,6 +59,11 @@ class CogVideoXBackbone(Backbone):
 
     @torch.no_grad()
     def decode_latents(self, latents):
+        frames = latents.shape[1]
+        if frames > 1 and frames % 2 == 0 and self.temporal_compression > 1:
+            # The stock VAE decodes latent frames in pairs after the first: an even count comes back too long.
+            raise UserError(f"CogVideoX's VAE decodes an odd number of latent frames (1 + 8k RGB frames), got {frames}; "
+                            f"use {frames - 1} or {frames + 1} latent frames")
         lat = (latents / self._scaling).to(self.vae.dtype).permute(0, 2, 1, 3, 4)
         return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
 
