@@ -20,6 +20,14 @@ from difftrack.analysis.ranking import aggregate, rank
 from difftrack.io import atomic_path, write_json
 
 DPI = 80
+METHOD_NOTE = (
+    "Generated videos are measured on the very sampling run that produced them: descriptors (queries and keys "
+    "after q/k norm and RoPE, conditional CFG branch, and the attention output before to_out as the feature "
+    "baseline) are captured at the requested (layer, step) pairs and reduced on the fly - per frame-0 query point "
+    "and latent frame only the refined correspondence and the joint-attention max and mass are kept - so nothing is "
+    "replayed and nothing dense is stored. The finished video is then labelled at exactly those query points "
+    "(token centres) and scored. Real videos and generator clips are encoded and, per step, noised (or kept clean "
+    "or inverted) and run once with an empty prompt, one branch, up to the deepest requested layer.")
 
 
 def _nan_to_none(obj):
@@ -92,6 +100,7 @@ def write_report(out: Path, records: list[dict], backbone, config, layers: list[
         "metric_labels": METRIC_LABELS, "videos": records,
         "aggregate": {name: {k: v.tolist() for k, v in t.items()} for name, t in agg.items()},
         "harmonic_score": ranked["score"].tolist(), "ranking": ranked["ranking"][:20], "findings": found,
+        "method": METHOD_NOTE,
     }
     recommendation = {"model": backbone.name, "layers": ranked["layers"], "steps": ranked["steps"],
                       "num_steps": config.num_steps,
@@ -308,6 +317,7 @@ accuracy metric <code>{esc(results['accuracy_metric'])}</code>. Accuracy is PCK 
 ground-truth-visible points; <code>pck</code> = 8 px at 480x720 scaled to the video's resolution,
 <code>pck_token</code> = half a token. Full numbers: <a href="results.json">results.json</a>,
 <a href="aggregate.csv">aggregate.csv</a>, <a href="per_video.csv">per_video.csv</a>.</p>
+<h2>Method</h2><p>{esc(METHOD_NOTE)}</p>
 <h2>Findings</h2><ul>{''.join(f'<li>{i}</li>' for i in items)}</ul>
 <h2>Recommendation</h2><p>layers {recommendation['layers']} at step {recommendation['steps']} of
 {recommendation['num_steps']} (<a href="recommendation.json">recommendation.json</a>; {esc(recommendation['metric'])}).</p>

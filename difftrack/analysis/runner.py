@@ -170,8 +170,14 @@ class Analyzer:
         targets = [np.array([geometry.grid_w, geometry.grid_h]) * (i + 1) / (n + 1) for i in range(n)]
         points = sorted({int(np.argmin(np.linalg.norm(query_xy - t, axis=1))) for t in targets})
         frames = sorted({0, geometry.frames // 2, geometry.frames - 1})
-        return {"figure": {(layer, self.steps[-1]) for layer in self.layers}, "figure_points": points,
+        return {"figure": {(layer, self.steps[-1]) for layer in self.figure_layers}, "figure_points": points,
                 "figure_frames": frames}
+
+    @property
+    def figure_layers(self) -> list[int]:
+        """Up to six evenly spaced requested layers get attention-map and PCA figures."""
+        idx = np.unique(np.linspace(0, len(self.layers) - 1, min(6, len(self.layers))).round().astype(int))
+        return [self.layers[i] for i in idx]
 
     # ----- generated ---------------------------------------------------------------------------------
     def generate(self, job: VideoJob, want_figures: bool, progress: bool):
@@ -316,11 +322,11 @@ class Analyzer:
         frames = reducer.figure_frames
         rgb = [int(geometry.latent_to_rgb_frame(f)) for f in frames]
         pts = reducer.figure_points
-        out = {"layers": np.array(self.layers), "step": np.array(self.steps[-1]), "latent_frames": np.array(frames),
+        out = {"layers": np.array(self.figure_layers), "step": np.array(self.steps[-1]), "latent_frames": np.array(frames),
                "rgb_frames": np.array(rgb), "images": video[rgb], "query_px": tracks[0, pts],
                "truth_px": tracks[rgb][:, pts], "truth_visible": visible[rgb][:, pts],
                "stride_px": np.array(geometry.stride_px)}
-        for layer in self.layers:
+        for layer in self.figure_layers:
             for name, arr in reducer.figures[(layer, self.steps[-1])].items():
                 out[f"{name}_{layer}"] = arr
             red = reducer.reductions[(layer, self.steps[-1])]
