@@ -92,8 +92,9 @@ def summarise(shape_results: dict) -> None:
         for floor in ("bare_matmul", "bare_matmul_chunked"):
             if floor in cases:
                 summary[f"fused_over_{floor}"] = fused["median_s"] / cases[floor]["median_s"]
+                summary[f"fused_over_{floor}_cpu"] = fused["median_cpu_s"] / cases[floor]["median_cpu_s"]
         if "bare_matmul" in cases:
-            summary["meets_time_target"] = summary["fused_over_bare_matmul"] <= TARGET_TIME_RATIO
+            summary["meets_time_target_cpu"] = summary["fused_over_bare_matmul_cpu"] <= TARGET_TIME_RATIO
         if "dense" in cases:
             summary["dense_over_fused_time"] = cases["dense"]["median_s"] / fused["median_s"]
             summary["dense_over_fused_memory"] = cases["dense"]["extra_peak_mb"] / max(fused["extra_peak_mb"], 1e-9)
@@ -115,19 +116,23 @@ def run_case(shape_name: str, case: str, repeats: int) -> dict:
     fn = case_function(case, shape, *inputs)
     rss_before = current_rss()
     high_water_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
-    start = time.perf_counter()
+    times, cpu_times = [], []
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = fn()
     times.append(time.perf_counter() - start)
+    cpu_times.append(time.process_time() - cpu_start)
     high_water_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     del result
     for _ in range(repeats - 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "times_s": times,
         "median_s": statistics.median(times),
+        "cpu_times_s": cpu_times,
+        "median_cpu_s": statistics.median(cpu_times),
         "extra_peak_mb": (high_water_after - rss_before) / 2**20,
         # when the call never rose above an earlier high-water mark the number is only an upper bound
         "peak_exact": high_water_after > high_water_before,
@@ -167,7 +172,9 @@ def main(argv=None):
         "memory_method": "extra peak = getrusage ru_maxrss after the first call minus RSS just before it, in a fresh "
                          "subprocess per case with inputs and a warm-up call already resident; peak_exact is false "
                          "if the call stayed under an earlier high-water mark (then it is an upper bound)",
-        "time_method": "wall clock, median of the calls (dense: a single call); first call included",
+        "time_method": "wall clock and process CPU time, median of the calls (dense: a single call), first call "
+                       "included; on a shared CPU the wall clock mostly measures the scheduler, so the target is "
+                       "judged on CPU time (exactly the compute when --threads 1)",
         "host": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                  "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "nice": os.nice(0)},
         "shapes": results,
@@ -188,14 +195,15 @@ def main(argv=None):
     for shape_name in shapes:
         cases = results[shape_name]["cases"]
         for case, entry in cases.items():
-            rows.append(f"{shape_name:14s} {case:20s} {entry['median_s']:9.3f} {entry['extra_peak_mb']:11.1f}"
+            rows.append(f"{shape_name:14s} {case:20s} {entry['median_s']:9.3f} {entry['median_cpu_s']:9.3f}"
+                        f" {entry['extra_peak_mb']:11.1f}"
                         f"  {len(entry['times_s'])} run(s)"
                         f"  load {entry['loadavg_before'][0]:.1f}->{entry['loadavg_after'][0]:.1f}")
         summary = results[shape_name]["summary"]
-        rows.append(f"{shape_name:14s} fused/bare_matmul {summary['fused_over_bare_matmul']:.2f}x "
-                    f"(chunked floor {summary['fused_over_bare_matmul_chunked']:.2f}x), fused extra peak "
-                    f"{summary['fused_extra_peak_mb']:.1f} MB")
-    print(f"{'shape':14s} {'case':20s} {'median s':>9s} {'extra MB':>11s}")
+        rows.append(f"{shape_name:14s} fused/bare_matmul CPU {summary['fused_over_bare_matmul_cpu']:.2f}x "
+                    f"(chunked floor {summary['fused_over_bare_matmul_chunked_cpu']:.2f}x; wall "
+                    f"{summary['fused_over_bare_matmul']:.2f}x), fused extra peak {summary['fused_extra_peak_mb']:.1f} MB")
+    print(f"{'shape':14s} {'case':20s} {'wall s':>9s} {'cpu s':>9s} {'extra MB':>11s}")
     print("\n".join(rows))
     print(f"wrote {args.out}")
     return 0
