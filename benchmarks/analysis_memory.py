@@ -8,7 +8,8 @@ x 16 by default, 2 layers), so attention over the 17,776-token joint sequence is
 Latents and text embeddings are fed directly (no VAE, no text encoder). For each requested step it
 runs the real-video path of ``difftrack analyze`` (noise added, one forward with early exit,
 :class:`~difftrack.analysis.metrics.StepReducer` reducing every captured layer at once) and reports
-peak RSS, seconds per forward and seconds of reduction per (layer, step), and the bytes kept per
+peak RSS, wall and CPU seconds per (layer, step) (wall time depends on what else runs: the load
+average is recorded), seconds of reduction per (layer, step), and the bytes kept per
 (layer, step) next to what one dense frame-0 -> all-frames cost map and one dense full-sequence
 attention map would take.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
@@ -78,19 +80,20 @@ def main(argv=None):
     rss_model = peak_rss_mib()
 
     reducer = StepReducer(geometry, queries)
-    reduce_seconds = []
+    reduce_seconds, reduce_cpu = [], []
     timed = reducer.__call__
 
     def timed_reduce(desc):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = timed(desc)
         reduce_seconds.append(time.perf_counter() - start)
+        reduce_cpu.append(time.process_time() - cpu)
         return out
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         analyzer.reduce_steps(latents, embeds, timed_reduce, progress=True)
-    total = time.perf_counter() - start
+    total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     pairs = len(reducer.reductions)
     kept = [sum(a.nbytes for a in vars(r).values() if a is not None) for r in reducer.reductions.values()]
     n, f, tokens = len(queries), geometry.frames, geometry.video_tokens
@@ -104,6 +107,9 @@ def main(argv=None):
         "seconds_per_layer_step": round(total / pairs, 3),
         "seconds_reduction_per_layer_step": round(sum(reduce_seconds) / len(reduce_seconds), 3),
         "seconds_forward_per_step": round((total - sum(reduce_seconds)) / len(args.steps), 3),
+        "cpu_seconds_per_layer_step": round(total_cpu / pairs, 3),
+        "cpu_seconds_reduction_per_layer_step": round(sum(reduce_cpu) / len(reduce_cpu), 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "kept_bytes_per_layer_step": max(kept),
         "dense_frame0_cost_bytes_per_layer_step": n * tokens * 4,
         "dense_attention_bytes_per_layer_step": args.heads * geometry.joint_tokens ** 2 * 4,

@@ -78,7 +78,7 @@ def _indices(values: list[str], flag: str) -> list[int] | None:
 
 
 def build_jobs(args, analyzer) -> list:
-    from difftrack.analysis.runner import VideoJob, load_tracks, read_prompts
+    from difftrack.analysis.runner import VideoJob, read_prompts
 
     sources = [s for s in ("prompts", "video", "tapvid", "synthetic_seeds") if getattr(args, s)]
     if len(sources) != 1:
@@ -105,13 +105,9 @@ def build_jobs(args, analyzer) -> list:
     for i, path in enumerate(args.video):
         tracks = args.tracks[i] if args.tracks else None
         job = VideoJob("video", Path(path).stem, path=str(path), tracks=tracks)
-        # Read now, so a bad file fails before anything is written.
+        # Read now (video, tracks, frame count), so a bad file fails before anything is written.
         video, _, _, _ = analyzer.load_real(job)
         analyzer.backbone.check_frame_count(len(video))
-        if tracks:
-            from difftrack.io import read_video
-
-            load_tracks(tracks, len(read_video(path)[0]))
         jobs.append(job)
     return jobs
 
