@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import difftrack
+from difftrack.commands.generate import generation_size
 from difftrack.data.synthetic import generate_clip
 from difftrack.evaluation import temporal_metrics
 from difftrack.guidance import GuidanceConfig, default_cag_layers
@@ -34,7 +35,8 @@ MODES = ("none", "cfg", "cag")
 PAIRS = (("cag", "cfg"), ("cag", "none"), ("cfg", "none"))
 # (metric, which direction is better) - the guard metrics have no "better", they flag frozen or blurred output.
 METRICS = {"warp_error": "lower", "acceleration": "lower", "tracked_fraction": "higher", "flow_magnitude": "guard",
-           "frame_change": "guard", "sharpness": "guard", "difference_to_reference": "guard"}
+           "frame_change": "guard", "sharpness": "guard", "sharpness_ratio_to_reference": "guard",
+           "difference_to_reference": "guard"}
 PROMPT_SEED_OFFSET = 10_000
 
 
@@ -121,21 +123,24 @@ def main(argv=None) -> int:
     layers = backbone.check_layers(args.cag_layers) if args.cag_layers else default_cag_layers(backbone)
     configs = {"none": GuidanceConfig("none"), "cfg": GuidanceConfig("cfg", args.cfg_scale),
                "cag": GuidanceConfig("cag", args.cfg_scale, args.cag_scale, tuple(layers))}
+    frames, height, width = generation_size(backbone)
     per_seed, seconds = [], {m: [] for m in MODES}
     shown = None
-    for seed in tqdm(range(args.seeds), desc="seeds", unit="seed"):
+    bar = tqdm(total=args.seeds * len(MODES), desc="videos", unit="video")
+    for seed in range(args.seeds):
         prompt = generate_clip(PROMPT_SEED_OFFSET + seed).caption
         videos = {}
         for mode in MODES:
             start = time.perf_counter()
-            videos[mode] = np.asarray(sample(backbone, prompt, num_steps=args.steps, seed=seed,
-                                             guidance=configs[mode], output="uint8"))
+            videos[mode] = np.asarray(sample(backbone, prompt, frames, height, width, num_steps=args.steps,
+                                             seed=seed, guidance=configs[mode], output="uint8", progress=False))
             seconds[mode].append(time.perf_counter() - start)
+            bar.update(1)
         metrics = {mode: temporal_metrics(videos[mode], reference=videos["none"]) for mode in MODES}
         per_seed.append({"seed": seed, "prompt": prompt, "metrics": metrics})
         if seed == args.side_by_side_seed:
             shown = videos
-    frames, height, width = shown["none"].shape[:3]
+    bar.close()
     summary = {
         "config": {"model": backbone.name, "seeds": args.seeds, "steps": args.steps, "cfg_scale": args.cfg_scale,
                    "cag_scale": args.cag_scale, "cag_layers": layers, "layer_source": args.layer_source or "default",
