@@ -48,7 +48,7 @@ def invert(backbone, latents, timesteps, step, prompt_embeds):
     sched = backbone.scheduler
     path = list(reversed(timesteps[step:].tolist()))  # cleanest ... target
     x = latents
-    if hasattr(sched, "sigmas") and type(sched).__name__.startswith("FlowMatch"):
+    if backbone.prediction_type() == "flow":
         # Rectified flow: x_s = (1 - s) x0 + s noise, the model predicts noise - x0; invert with Euler steps.
         prev_sigma = 0.0
         prev_t = 0.0

@@ -107,14 +107,19 @@ class Backbone:
         return sched.timesteps
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep) -> torch.Tensor:
-        """Forward-diffuse clean latents to ``timestep`` with the stock scheduler's own formula."""
+        """Forward-diffuse clean latents to ``timestep``.
+
+        Flow models: x_t = (1 - sigma) x_0 + sigma * noise with sigma = t / num_train_timesteps, written out
+        because the stock flow schedulers' scale_noise/add_noise only accept timesteps of the schedule
+        currently set on the live scheduler. Others: the stock scheduler's own add_noise.
+        """
+        if self.prediction_type() == "flow":
+            sigma = torch.as_tensor(timestep, device=latents.device, dtype=torch.float64).reshape(-1)
+            sigma = (sigma / self.scheduler.config.num_train_timesteps).float()
+            sigma = sigma.view(-1, *([1] * (latents.dim() - 1)))
+            return ((1 - sigma) * latents.float() + sigma * noise.float()).to(latents.dtype)
         t = torch.as_tensor(timestep, device=latents.device).reshape(1)
-        if hasattr(self.scheduler, "add_noise"):
-            return self.scheduler.add_noise(latents, noise, t.long() if not t.is_floating_point() else t)
-        # Flow matching: x_s = (1 - s) x0 + s noise with s = t / num_train_timesteps. The stock scale_noise
-        # looks t up in the scheduler's current schedule, which need not hold it (IndexError off-schedule).
-        sigma = t.float() / self.scheduler.config.num_train_timesteps
-        return ((1 - sigma) * latents.float() + sigma * noise.float()).to(latents.dtype)
+        return self.scheduler.add_noise(latents, noise, t.long() if not t.is_floating_point() else t)
 
     def check_layers(self, layers) -> list[int]:
         from difftrack.errors import check_index_range
