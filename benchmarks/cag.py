@@ -113,6 +113,24 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarise_run(args, model: str, layers: list[int], size: tuple[int, int, int], per_seed: list[dict],
+                  seconds: dict) -> dict:
+    frames, height, width = size
+    return {
+        "config": {"model": model, "seeds": len(per_seed), "seeds_requested": args.seeds, "steps": args.steps,
+                   "cfg_scale": args.cfg_scale, "cag_scale": args.cag_scale, "cag_layers": layers,
+                   "layer_source": args.layer_source or "default", "frames": frames, "height": height,
+                   "width": width, "prompt_source": f"generate_clip({PROMPT_SEED_OFFSET} + seed).caption",
+                   "difftrack_version": difftrack.__version__, "command": " ".join(sys.argv)},
+        "per_mode": {mode: {m: summarise([s["metrics"][mode][m] for s in per_seed]) for m in METRICS}
+                     for mode in MODES},
+        "paired": {f"{a}-{b}": {m: summarise([s["metrics"][a][m] - s["metrics"][b][m] for s in per_seed])
+                                for m in METRICS} for a, b in PAIRS},
+        "seconds_per_video": {m: float(np.mean(v)) for m, v in seconds.items()},
+        "per_seed": per_seed,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not 0 <= args.side_by_side_seed < args.seeds:
@@ -125,7 +143,6 @@ def main(argv=None) -> int:
                "cag": GuidanceConfig("cag", args.cfg_scale, args.cag_scale, tuple(layers))}
     frames, height, width = generation_size(backbone)
     per_seed, seconds = [], {m: [] for m in MODES}
-    shown = None
     bar = tqdm(total=args.seeds * len(MODES), desc="videos", unit="video")
     for seed in range(args.seeds):
         prompt = generate_clip(PROMPT_SEED_OFFSET + seed).caption
@@ -139,26 +156,14 @@ def main(argv=None) -> int:
         metrics = {mode: temporal_metrics(videos[mode], reference=videos["none"]) for mode in MODES}
         per_seed.append({"seed": seed, "prompt": prompt, "metrics": metrics})
         if seed == args.side_by_side_seed:
-            shown = videos
+            write_video(out / f"side_by_side_seed{seed}.mp4",
+                        side_by_side([videos[m] for m in MODES], ["none", "CFG", "CAG"]), fps=4)
+        # Written after every seed, so an interrupted run leaves a consistent summary of the seeds done.
+        summary = summarise_run(args, backbone.name, layers, (frames, height, width), per_seed, seconds)
+        write_json(out / "summary.json", summary)
+        with atomic_path(out / "summary.md") as tmp:
+            tmp.write_text(markdown(summary))
     bar.close()
-    summary = {
-        "config": {"model": backbone.name, "seeds": args.seeds, "steps": args.steps, "cfg_scale": args.cfg_scale,
-                   "cag_scale": args.cag_scale, "cag_layers": layers, "layer_source": args.layer_source or "default",
-                   "frames": int(frames), "height": int(height), "width": int(width),
-                   "prompt_source": f"generate_clip({PROMPT_SEED_OFFSET} + seed).caption",
-                   "difftrack_version": difftrack.__version__, "command": " ".join(sys.argv)},
-        "per_mode": {mode: {m: summarise([s["metrics"][mode][m] for s in per_seed]) for m in METRICS}
-                     for mode in MODES},
-        "paired": {f"{a}-{b}": {m: summarise([s["metrics"][a][m] - s["metrics"][b][m] for s in per_seed])
-                                for m in METRICS} for a, b in PAIRS},
-        "seconds_per_video": {m: float(np.mean(v)) for m, v in seconds.items()},
-        "per_seed": per_seed,
-    }
-    write_json(out / "summary.json", summary)
-    with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(markdown(summary))
-    write_video(out / f"side_by_side_seed{args.side_by_side_seed}.mp4",
-                side_by_side([shown[m] for m in MODES], ["none", "CFG", "CAG"]), fps=4)
     print(markdown(summary))
     return 0
 

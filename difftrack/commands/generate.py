@@ -5,9 +5,9 @@ the --cag-layers with cross-frame attention removed (each video token sees only 
 latent frame). Writes OUT (MP4) and OUT.json (prompt, seed, guidance settings, model, seconds).
 
 examples:
-  difftrack generate --prompt "a red disc moves left" --out disc.mp4                 # CFG, embedded model
-  difftrack generate --prompt "a red disc moves left" --guidance cag --cag-layers 2 3 --out disc_cag.mp4
-  difftrack generate --prompt "a red disc moves left" --guidance cag --cag-layers auto --recommendation runs/analysis
+  difftrack generate --prompt "a striped disc moves left over a brick wall" --out disc.mp4   # CFG, embedded model
+  difftrack generate --prompt "a striped disc moves left over a brick wall" --guidance cag --cag-layers 2 3 --out cag.mp4
+  difftrack generate --prompt "a checkered square moves up" --guidance cag --cag-layers auto --recommendation runs/analysis
   difftrack generate --prompts-file prompts.txt --seed 0 1 2 --guidance cag --out videos/   # one video per prompt and seed
   difftrack generate --model THUDM/CogVideoX-2b --prompt "a cat" --guidance cag --cag-layers 13 17 21 --steps 50
 
