@@ -53,7 +53,7 @@ def loss_curves(models: dict[str, Path], out: Path) -> dict:
 
 
 def sample_strip(model_names: list[str], out: Path, frames: int, steps: int, guidance_scale: float, seed: int,
-                 upscale: int = 2) -> None:
+                 upscale: int = 1) -> None:
     import cv2
 
     from difftrack.backbones import create_backbone

@@ -111,8 +111,10 @@ def evaluate(model: str, seeds: list[int], frames: int, backend: str, progress: 
         zero = np.broadcast_to(query_index[:, None], visible.shape)
         for s in NOISE_LEVELS:
             noisy = ((1 - s) * latents.float() + s * noise).to(bb.dtype)
-            with DescriptorCapture(bb, layers, features=True) as cap:
-                bb.predict(noisy, torch.tensor(s * 1000.0), embeds)
+            # early_exit: the forward stops after the last layer's attention (its MLP and the output head
+            # are not needed for descriptors)
+            with DescriptorCapture(bb, layers, features=True, early_exit=True) as cap:
+                cap.run(bb.predict, noisy, torch.tensor(s * 1000.0), embeds)
             for layer in layers:
                 desc = cap.results[(layer, 0)]
                 q, k = desc.query[0].float(), desc.key[0].float()

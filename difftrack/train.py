@@ -209,5 +209,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                "wall_seconds": history[-1]["wall"] if history else 0.0, "config": asdict(cfg)}
     save_components(components, cfg.out, frames_per_sample=1 if cfg.image_twin else cfg.frames,
                     extra={"trained_steps": step, "trained_on": "images" if cfg.image_twin else "videos"})
-    (Path(cfg.out) / "training.json").write_text(json.dumps({**summary, "history": history}))
+    compact = [{"step": h["step"], "loss": round(h["loss"], 5), "wall": round(h["wall"], 1)} for h in history]
+    (Path(cfg.out) / "training.json").write_text(json.dumps({**summary, "history": compact}, separators=(",", ":")))
     return summary
