@@ -184,7 +184,7 @@ def test_real_video_one_forward_per_step_early_exit_and_report(backbone, tmp_pat
 def test_resume_after_kill_skips_finished_videos_and_matches_a_fresh_run(backbone, tmp_path):
     config = AnalysisConfig(model="tiny", layers=[0, 1], steps=[2], num_steps=3, grid=3, num_frames=5, height=32,
                             width=32)
-    jobs = [VideoJob("synthetic", str(s), seed=s) for s in (11, 12, 13)]
+    jobs = [VideoJob("synthetic", str(s), seed=s) for s in (11, 12)]
 
     class Killed(Exception):
         pass
@@ -200,7 +200,7 @@ def test_resume_after_kill_skips_finished_videos_and_matches_a_fresh_run(backbon
     analysed = []
     resumed = run_analysis(Analyzer(backbone, config), jobs, tmp_path / "run", progress=False,
                            after_video=lambda job: analysed.append(job.name))
-    assert analysed == ["12", "13"]
+    assert analysed == ["12"]
     fresh = run_analysis(Analyzer(backbone, config), jobs, tmp_path / "fresh", progress=False)
     np.testing.assert_equal(resumed["aggregate"], fresh["aggregate"])
     assert not [p for p in (tmp_path / "run").rglob(".*")]
