@@ -15,7 +15,6 @@ table) and OUT/side_by_side_seed{S}.mp4 (none | CFG | CAG of one seed).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

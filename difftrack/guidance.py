@@ -370,12 +370,13 @@ class GuidedPredictor:
                        self.config.cag_scale)
 
 
-# Layers the DiffTrack paper guides (method.md section 5), by registry name.
-KNOWN_CAG_LAYERS = {"cogvideox-2b": (13, 17, 21), "cogvideox-5b": (15, 17, 18)}
+# Default CAG layers by registry name: the DiffTrack paper's for CogVideoX (method.md section 5); for
+# tiny-video the two layers with the best moved-point q-k matching in results/embedded/embedded_eval.md.
+KNOWN_CAG_LAYERS = {"cogvideox-2b": (13, 17, 21), "cogvideox-5b": (15, 17, 18), "tiny-video": (4, 5)}
 
 
 def default_cag_layers(backbone: Backbone) -> list[int]:
-    """The paper's layers for CogVideoX-2B/5B; otherwise the two middle layers, where matching is strongest."""
+    """The known layers above; otherwise the two middle layers, where matching usually emerges."""
     if backbone.name in KNOWN_CAG_LAYERS:
         return backbone.check_layers(list(KNOWN_CAG_LAYERS[backbone.name]))
     n = backbone.num_layers

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -146,4 +145,4 @@ def test_help_has_examples(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "--guidance cag" in text and "--prompts-file" in text
-    assert np.all([flag in text for flag in ("--cag-layers", "--cag-scale", "--cfg-scale", "--sequential-branches")])
+    assert all(flag in text for flag in ("--cag-layers", "--cag-scale", "--cfg-scale", "--sequential-branches"))

@@ -5,10 +5,10 @@ the --cag-layers with cross-frame attention removed (each video token sees only 
 latent frame). Writes OUT (MP4) and OUT.json (prompt, seed, guidance settings, model, seconds).
 
 examples:
-  difftrack generate --prompt "a striped disc moves left over a brick wall" --out disc.mp4   # CFG, embedded model
-  difftrack generate --prompt "a striped disc moves left over a brick wall" --guidance cag --cag-layers 2 3 --out cag.mp4
+  difftrack generate --prompt "a striped disc moves left over a brick wall" --out disc.mp4  # CFG
+  difftrack generate --prompt "a striped disc moves left over a brick wall" --guidance cag --cag-layers 4 5 --out cag.mp4
   difftrack generate --prompt "a checkered square moves up" --guidance cag --cag-layers auto --recommendation runs/analysis
-  difftrack generate --prompts-file prompts.txt --seed 0 1 2 --guidance cag --out videos/   # one video per prompt and seed
+  difftrack generate --prompts-file prompts.txt --seed 0 1 2 --guidance cag --out videos/
   difftrack generate --model THUDM/CogVideoX-2b --prompt "a cat" --guidance cag --cag-layers 13 17 21 --steps 50
 
 prompts file: one prompt per line; blank lines and lines starting with # are skipped.
@@ -44,7 +44,8 @@ def add_arguments(p):
     p.add_argument("--cag-scale", default="1.0", metavar="S", help="CAG weight s_cag (default 1.0)")
     p.add_argument("--cag-layers", nargs="+", default=None, metavar="L",
                    help="0-based attention layers perturbed by CAG, or `auto` (reads --recommendation); default: "
-                        "the model's known CAG layers (CogVideoX-2B 13 17 21, 5B 15 17 18) or its middle layers")
+                        "the model's known CAG layers (CogVideoX-2B 13 17 21, 5B 15 17 18, tiny-video 4 5) or its "
+                        "middle layers")
     p.add_argument("--recommendation", metavar="DIR",
                    help="analysis directory (or its recommendation.json) for --cag-layers auto")
     p.add_argument("--cag-steps", nargs=2, type=int, default=None, metavar=("START", "STOP"),
