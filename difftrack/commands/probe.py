@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -75,6 +76,9 @@ def add_arguments(p):
     c.add_argument("--image-model", default="tiny-image", help="its image twin (default tiny-image)")
     c.add_argument("--block", type=int, default=None, help="block index (default: the middle block)")
     c.add_argument("--noise-step", type=int, default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
+    c.add_argument("--from-sweep", metavar="DIR",
+                   help="take both models' records at --block / --noise-step from a sweep's sweep.json instead of "
+                        "recomputing them (the setting flags are then read from the sweep)")
     _study_args(c)
     c.set_defaults(_probe=run_compare)
 
@@ -187,9 +191,8 @@ def _block(backbone, block):
 def _check_study(args):
     from difftrack.noising import check_step
 
-    check_step(args.noise_step if hasattr(args, "noise_step") else args.noise_steps[0], args.num_steps)
-    for s in getattr(args, "noise_steps", []) or []:
-        check_step(s, args.num_steps)
+    for step in ([args.noise_step] if hasattr(args, "noise_step") else args.noise_steps):
+        check_step(step, args.num_steps)
     if args.eval_videos < 1:
         raise UserError(f"--eval-videos must be at least 1, got {args.eval_videos}")
     if args.train_videos < 0:
@@ -236,16 +239,6 @@ def _study_clips(args):
 
 def _seed_range(seeds):
     return f"{seeds[0]}..{seeds[-1]}" if seeds else "none"
-
-
-def _grid(backbone, clip_size):
-    """The token grid the backbone puts on frames of ``clip_size`` (encoding one blank frame)."""
-    from difftrack.probe.features import to_model_pixels
-
-    blank = to_model_pixels(np.zeros((1, *clip_size, 3), np.uint8), backbone)
-    latents = backbone.encode_video(blank.to(backbone.device), frame_as_latent=True)
-    g = backbone.geometry(latents, 0, frame_size=clip_size, frame_as_latent=True)
-    return g.grid_h, g.grid_w
 
 
 # ----- features ------------------------------------------------------------------------------
@@ -413,8 +406,11 @@ def _setting(args, eval_seeds, train_seeds):
 
 def run_compare(args):
     from difftrack.probe.compare import write_compare
+    from difftrack.probe.features import token_grid
     from difftrack.probe.tasks import evaluate_grid, evaluate_references
 
+    if args.from_sweep:
+        return _compare_from_sweep(args)
     _check_study(args)
     options = _options(args)
     video_bb, image_bb = _load(args.video_model), _load(args.image_model)
@@ -426,13 +422,41 @@ def run_compare(args):
         start = time.perf_counter()
         video = evaluate_grid(video_bb, [block], [args.noise_step], eval_clips, train_clips, options)[0]
         image = evaluate_grid(image_bb, [block], [args.noise_step], eval_clips, train_clips, options)[0]
-        refs = evaluate_references(eval_clips, train_clips, options, _grid(video_bb, eval_clips[0].size))
+        refs = evaluate_references(eval_clips, train_clips, options, token_grid(video_bb, eval_clips[0].size))
         setting = {**_setting(args, eval_seeds, train_seeds), "seconds": round(time.perf_counter() - start, 1)}
         text = write_compare(tmp, video, image, refs, options.tasks, setting)
     print(text + f"-> {args.out}/compare.md")
 
 
+def _compare_from_sweep(args):
+    from difftrack.probe.compare import write_compare
+
+    path = Path(args.from_sweep)
+    path = path / "sweep.json" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"no sweep results at {path}; run `difftrack probe sweep --out DIR` first")
+    sweep = json.loads(path.read_text())
+    meta, records = sweep["meta"], sweep["records"]
+    picked = {}
+    for model in (args.video_model, args.image_model):
+        rows = [r for r in records if r["model"] == model]
+        if not rows:
+            raise UserError(f"the sweep in {path} has no records of {model}; it swept {', '.join(meta['models'])}")
+        swept = sorted({r["block"] for r in rows})
+        block = args.block if args.block is not None else swept[len(swept) // 2]
+        match = [r for r in rows if r["block"] == block and r["step"] == args.noise_step]
+        if not match:
+            raise UserError(f"the sweep has no record of {model} at block {block}, step {args.noise_step}; it swept "
+                            f"blocks {meta['blocks']} and steps {meta['steps']}")
+        picked[model] = match[0]
+    with staged_dir(Path(args.out)) as tmp:
+        text = write_compare(tmp, picked[args.video_model], picked[args.image_model], sweep["references"],
+                             meta["tasks"], {**meta, "from_sweep": str(path)})
+    print(text + f"-> {args.out}/compare.md")
+
+
 def run_sweep(args):
+    from difftrack.probe.features import token_grid
     from difftrack.probe.sweeps import write_sweep
     from difftrack.probe.tasks import evaluate_grid, evaluate_references
 
@@ -447,7 +471,7 @@ def run_sweep(args):
         start = time.perf_counter()
         records = [r for bb in backbones
                    for r in evaluate_grid(bb, blocks, args.noise_steps, eval_clips, train_clips, options)]
-        refs = evaluate_references(eval_clips, train_clips, options, _grid(backbones[0], eval_clips[0].size))
+        refs = evaluate_references(eval_clips, train_clips, options, token_grid(backbones[0], eval_clips[0].size))
         meta = {**_setting(args, eval_seeds, train_seeds), "models": args.models, "blocks": blocks,
                 "steps": args.noise_steps, "seconds": round(time.perf_counter() - start, 1)}
         best = write_sweep(tmp, records, refs, options.tasks, meta)
@@ -492,7 +516,7 @@ def run_pictures(args):
     for bb in backbones:
         bb.check_layers([_block(bb, args.block)])
     with staged_dir(Path(args.out)) as tmp:
-        summary, video_rows, strip_rows = {}, [], []
+        summary, video_rows, strip_rows, labels = {}, [], [], []
         for bb in backbones:
             block = _block(bb, args.block)
             spec = FeatureSpec(blocks=(block,), kinds=(args.kind,), step=args.noise_step, num_steps=args.num_steps,
@@ -500,23 +524,25 @@ def run_pictures(args):
             check_spec(bb, spec)
             fmap = extract_features(bb, video, spec, progress=True)[(args.kind, block)]
             rows = picture_rows(video, fmap, args.clusters, args.seed)
+            model_tag = re.sub(r"[^A-Za-z0-9._-]+", "_", bb.name).strip("_")
             if not strip_rows:
                 strip_rows.append(rows["video"])
                 video_rows.append(rows["video"])
+                labels.append("video")
             strip_rows += [rows["pca"], rows["kmeans"]]
             video_rows += [rows["pca"], rows["kmeans"]]
-            Image.fromarray(strip([rows["video"], rows["pca"], rows["kmeans"]])).save(
-                tmp / f"{name}_{bb.name}_block{block}_step{args.noise_step}.png")
+            labels += [f"{model_tag} PCA", f"{model_tag} K-means"]
+            Image.fromarray(strip([rows["video"], rows["pca"], rows["kmeans"]], ["video", *labels[-2:]])).save(
+                tmp / f"{name}_{model_tag}_block{block}_step{args.noise_step}.png")
             ids = cluster_map(fmap, args.clusters, args.seed)
             entry = {"block": block, "step": args.noise_step, "kind": args.kind,
                      "screen_consistency": screen_consistency(ids)}
             if clip is not None:
                 entry["track_consistency"] = track_consistency(ids, clip)
             summary[bb.name] = entry
-        Image.fromarray(strip(strip_rows)).save(tmp / f"{name}_strip.png")
+        Image.fromarray(strip(strip_rows, labels)).save(tmp / f"{name}_strip.png")
         write_video(tmp / f"{name}.mp4", side_by_side(video_rows), fps)
-        write_json(tmp / f"{name}.json", {"video": args.video or name, "rows": ["video"] + [
-            f"{m} {r}" for m in summary for r in ("pca", "kmeans")], "models": summary})
+        write_json(tmp / f"{name}.json", {"video": args.video or name, "rows": labels, "models": summary})
     for model, entry in summary.items():
         extra = f", cluster kept along true tracks {entry['track_consistency']:.3f}" if "track_consistency" in entry else ""
         print(f"{model}: cluster kept at the same screen position {entry['screen_consistency']:.3f}{extra}")

@@ -7,9 +7,10 @@ Kinds of activation, all per video token on the (frame, row, column) token grid:
 - ``feature``: the attention output before ``to_out``, heads concatenated;
 - ``block``: the output hidden states of the transformer block that holds the layer.
 
-Video models see the whole clip (in windows of the model's trained length) in one forward each;
-image models (or ``per_frame=True``) see every frame in its own forward, so nothing is shared
-across frames. Frames are encoded one latent frame per RGB frame, so feature frame t is frame t.
+Video models see the whole clip (in windows of the model's trained length) in one forward each.
+Image models see every frame as its own sample, so nothing is shared across frames: the image twin
+folds the frames into batch rows of one call itself, and ``per_frame=True`` runs a video model
+once per frame. Frames are encoded one latent frame per RGB frame, so feature frame t is frame t.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def block_modules(backbone: Backbone) -> list[torch.nn.Module]:
 
 
 def _video_tokens(output, tokens: int, text_position: str) -> torch.Tensor:
-    """Video tokens (B, N, C) of a block's output (a tensor, or a tuple whose first item is the hidden states)."""
+    """Video tokens (1, N, C) of a block's output (a tensor, or a tuple whose first item is the hidden states)."""
     hidden = output[0] if isinstance(output, (tuple, list)) else output
+    if hidden.shape[0] > 1:
+        # An image model that folded the clip's frames into batch rows (row = frame): unfold frame-major.
+        hidden = hidden.reshape(1, -1, hidden.shape[-1])
     if hidden.shape[1] == tokens:
         return hidden
     # Single-stream blocks return text and video joined; cut the text off where the family puts it.
@@ -143,6 +147,15 @@ def to_model_pixels(video: np.ndarray, backbone: Backbone) -> torch.Tensor:
 
 
 @torch.no_grad()
+def token_grid(backbone: Backbone, frame_size: tuple[int, int]) -> tuple[int, int]:
+    """The token grid (rows, columns) the backbone puts on frames of ``frame_size`` (encodes one blank frame)."""
+    blank = to_model_pixels(np.zeros((1, *frame_size, 3), np.uint8), backbone)
+    latents = backbone.encode_video(blank.to(backbone.device), frame_as_latent=True)
+    geometry = backbone.geometry(latents, 0, frame_size=tuple(frame_size), frame_as_latent=True)
+    return geometry.grid_h, geometry.grid_w
+
+
+@torch.no_grad()
 def extract_features(backbone: Backbone, video: np.ndarray, spec: FeatureSpec, progress: bool = False) -> FeatureSet:
     """Activations of ``spec.blocks`` for uint8 RGB frames (T, H, W, 3)."""
     video = np.asarray(video)
@@ -151,7 +164,10 @@ def extract_features(backbone: Backbone, video: np.ndarray, spec: FeatureSpec, p
     check_spec(backbone, spec)
     num_frames, height, width = video.shape[:3]
     per_frame = is_image_model(backbone) if spec.per_frame is None else spec.per_frame
-    window = 1 if per_frame else (spec.window or backbone.max_frames)
+    if per_frame and is_image_model(backbone):
+        window = num_frames  # the image model's predict runs each frame as its own batch row in one call
+    else:
+        window = 1 if per_frame else (spec.window or backbone.max_frames)
 
     latents = backbone.encode_video(to_model_pixels(video, backbone).to(backbone.device), frame_as_latent=True)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(spec.seed)).to(latents)

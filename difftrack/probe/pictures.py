@@ -5,7 +5,7 @@ every frame: if features follow the content, colours move with it; if they encod
 the picture stands still while the video moves (the seeds' "camera pans over a uniform brick wall"
 control).
 
-``track_consistency`` puts a number on that: for a grid of wall points tracked exactly by the
+``track_consistency`` puts a number on that: for a grid of points tracked exactly by the
 generator, the fraction of frames in which a point's cluster equals its frame-0 cluster. Features
 that move with the content score high; features frozen to screen positions score as high as the
 chance that a moved point lands in the same cluster.
@@ -95,12 +95,20 @@ def picture_rows(video: np.ndarray, feature_map: np.ndarray, k: int = KMEANS_CLU
             "kmeans": _upscale(cluster_colours(cluster_map(feature_map, k, seed), k), size)}
 
 
-def strip(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
-    """Rows of frames (each (T, h, w, 3)) -> one image: frames left to right, rows top to bottom, white gaps."""
+def strip(rows: list[np.ndarray], labels: list[str] | None = None, gap: int = 2) -> np.ndarray:
+    """Rows of frames (each (T, h, w, 3)) -> one image: frames left to right, rows top to bottom, white gaps,
+    and each row's label (if given) in a white margin on the left."""
+    import cv2
+
     lines = []
-    for frames in rows:
+    for i, frames in enumerate(rows):
         pad = np.full((frames.shape[1], gap, 3), 255, np.uint8)
         pieces = [p for f in frames for p in (f, pad)][:-1]
+        if labels is not None:
+            margin = np.full((frames.shape[1], 200, 3), 255, np.uint8)
+            cv2.putText(margin, labels[i][:24], (4, frames.shape[1] // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (0, 0, 0), 1, cv2.LINE_AA)
+            pieces = [margin, pad, *pieces]
         lines.append(np.concatenate(pieces, 1))
     width = max(line.shape[1] for line in lines)
     pad_row = np.full((gap, width, 3), 255, np.uint8)
@@ -114,8 +122,8 @@ def side_by_side(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
 
 
 def track_consistency(cluster_ids: np.ndarray, clip, points_per_side: int | None = None) -> float:
-    """Fraction of (point, frame) pairs, over visible wall points tracked by the generator, whose cluster
-    at the true position equals the point's frame-0 cluster (token-centre grid of frame 0)."""
+    """Fraction of (point, frame) pairs, over the points of a frame-0 token-centre grid while the generator
+    says they are visible, whose cluster at the point's true position equals its frame-0 cluster."""
     num_frames, h, w = cluster_ids.shape
     height, width = clip.size
     n_side = points_per_side or h

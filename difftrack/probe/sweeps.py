@@ -55,7 +55,7 @@ def best_settings(records: list[dict], tasks) -> dict:
     return out
 
 
-def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dict) -> str:
+def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dict, num_steps: int) -> str:
     models = list(dict.fromkeys(r["model"] for r in records))
     steps = sorted({r["step"] for r in records})
     blocks = sorted({r["block"] for r in records})
@@ -69,7 +69,7 @@ def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dic
                 lines.append(f"Reference without a model, {ref['model']}: {_fmt(ref[metric])}")
         lines.append("")
         for model in models:
-            lines += [f"{model} (rows: block; columns: step of {len(timestep)} shown, timestep in brackets)", "",
+            lines += [f"{model} (rows: block; columns: step of a {num_steps}-step schedule, t = timestep)", "",
                       "| block | " + " | ".join(f"step {s} (t={timestep[s]:g})" for s in steps) + " |",
                       "|---|" + "---|" * len(steps)]
             table = {(r["block"], r["step"]): r for r in records if r["model"] == model}
@@ -103,7 +103,7 @@ def sweep_figure(records: list[dict], task: str, path: Path) -> None:
     finite = values[np.isfinite(values)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     fig, axes = plt.subplots(1, len(models), figsize=(1.2 + 1.3 * len(steps) * len(models), 1.2 + 0.45 * len(blocks)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax, model, grid in zip(axes[0], models, values):
         im = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
         for i in range(len(blocks)):
@@ -130,7 +130,7 @@ def write_sweep(out_dir: Path, records: list[dict], references: list[dict], task
     with atomic_path(out_dir / "sweep.csv") as tmp:
         tmp.write_text(records_csv(records + references))
     with atomic_path(out_dir / "sweep.md") as tmp:
-        tmp.write_text(sweep_markdown(records, references, tasks, best))
+        tmp.write_text(sweep_markdown(records, references, tasks, best, meta["num_steps"]))
     write_json(out_dir / "best.json", best)
     for task in tasks:
         sweep_figure(records, task, out_dir / f"sweep_{task}.png")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from difftrack.data.synthetic import SHAPES, TEXTURES, Clip, generate_clip
 from difftrack.errors import UserError
 from difftrack.metrics import compute_tapvid_metrics
-from difftrack.probe.features import FeatureSpec, extract_features, is_image_model
+from difftrack.probe.features import FeatureSpec, extract_features, is_image_model, token_grid
 from difftrack.probe.propagation import (
     KEYPOINT_DEFAULTS,
     MASK_DEFAULTS,
@@ -192,6 +192,7 @@ def evaluate_grid(backbone, blocks: list[int], steps: list[int], eval_clips: lis
     if "semantic" in tasks and not train_clips:
         raise UserError("the semantic probe needs training videos; give --train-videos 1 or more")
     timesteps = backbone.timesteps(options.num_steps)
+    token_px = eval_clips[0].size[1] / token_grid(backbone, eval_clips[0].size)[1]
     records = []
     for step in steps:
         spec = FeatureSpec(blocks=tuple(blocks), kinds=(options.kind,), step=step, num_steps=options.num_steps,
@@ -217,7 +218,6 @@ def evaluate_grid(backbone, blocks: list[int], steps: list[int], eval_clips: lis
                                           noise=options.noise, seed=options.seed, window=window)
                     queries = grid_queries(clip)
                     tracks, visible = tracker(clip.video, queries)
-                    token_px = clip.size[1] / fmap.shape[2] if fmap is not None else clip.size[1] / 16
                     scores.update(tracking_scores(clip, queries, tracks, visible, token_px))
                 if "semantic" in tasks:
                     test_pool[b].append(pool_sprites(fmap, clip.masks, clip.labels, clip.seed))
