@@ -88,14 +88,20 @@ def sample_descriptors(desc: torch.Tensor, points_tok: torch.Tensor, grid: tuple
     return out[:, :, 0, :].permute(0, 2, 1).to(desc.dtype)
 
 
-def load_recommendation(path: str | Path, backbone: Backbone) -> tuple[list[int], list[int] | None]:
-    """Layers (and steps) recommended by `difftrack analyze` (recommendation.json)."""
+def load_recommendation(path: str | Path | None, backbone: Backbone) -> tuple[list[int], list[int] | None]:
+    """Layers (and steps) recommended by `difftrack analyze` (recommendation.json or its directory);
+    ``path`` None reads the recommendation shipped with the model, if it has one."""
+    if path is None:
+        path = backbone.recommendation_path
+        if path is None:
+            raise UserError(f"`auto` layers need --recommendation DIR (from `difftrack analyze --out DIR`); "
+                            f"{backbone.name} ships no recommendation.json")
     path = Path(path)
     if path.is_dir():
         path = path / "recommendation.json"
     if not path.is_file():
         raise UserError(f"no analysis recommendation at {path}; run `difftrack analyze --out DIR` first "
-                        f"and pass --recommendation DIR, or give explicit --layers")
+                        f"and pass --recommendation DIR, or give explicit layers")
     rec = json.loads(path.read_text())
     return backbone.check_layers(rec["layers"]), rec.get("steps")
 

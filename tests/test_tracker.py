@@ -140,3 +140,27 @@ def test_track_cli_missing_video_and_unknown_model(tmp_path, capsys):
     video = _video(tmp_path)
     assert main(["track", str(video), "--grid", "2", "--model", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_track_cli_layers_auto_reads_recommendation(tmp_path, pipeline_dir, capsys):
+    import shutil
+
+    video = _video(tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(pipeline_dir, model)
+    common = ["track", str(video), "--grid", "2", "--num-steps", "10", "--no-video", "--layers", "auto"]
+    assert main(common + ["--model", str(model), "--out", str(tmp_path / "a")]) == 2
+    assert "ships no recommendation.json" in capsys.readouterr().err
+    rec_dir = tmp_path / "analysis"
+    rec_dir.mkdir()
+    (rec_dir / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [0], "steps": [9]}))
+    assert main(common + ["--model", str(model), "--recommendation", str(rec_dir), "--out", str(tmp_path / "b")]) == 0
+    meta = json.loads((tmp_path / "b.json").read_text())["meta"]
+    assert meta["layers"] == [0] and meta["steps"] == [9]
+    (model / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [1], "steps": [8]}))
+    assert main(common + ["--model", str(model), "--out", str(tmp_path / "c")]) == 0
+    meta = json.loads((tmp_path / "c.json").read_text())["meta"]
+    assert meta["layers"] == [1] and meta["steps"] == [8]
+    (rec_dir / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [7], "steps": [9]}))
+    assert main(common + ["--model", str(model), "--recommendation", str(rec_dir), "--out", str(tmp_path / "d")]) == 2
+    assert "layer 7 is out of range" in capsys.readouterr().err

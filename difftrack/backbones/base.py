@@ -93,6 +93,14 @@ class Backbone:
     def track_layers(self) -> list[int]:
         return list(self.default_track_layers) or [self.num_layers // 2]
 
+    @property
+    def recommendation_path(self):
+        """recommendation.json shipped inside a local model directory (what `--layers auto` reads by default)."""
+        from pathlib import Path
+
+        path = Path(self.source) / "recommendation.json" if self.source else None
+        return path if path is not None and path.is_file() else None
+
     def working_size(self, height: int, width: int) -> tuple[int, int]:
         """The resolution a video of (height, width) is resized to before encoding."""
         m = self.spatial_compression * self.patch_size

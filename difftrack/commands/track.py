@@ -40,7 +40,8 @@ def add_arguments(p):
     p.add_argument("--layers", nargs="+", default=None, metavar="L",
                    help="attention layers whose q/k are matched (0-based); `auto` reads --recommendation; "
                         "default: the model's own tracking layers")
-    p.add_argument("--recommendation", help="recommendation.json (or its analysis directory) for --layers auto")
+    p.add_argument("--recommendation", help="recommendation.json (or its analysis directory) for --layers auto; "
+                                            "default: the one shipped with the model, if any")
     p.add_argument("--steps", nargs="+", type=int, default=None,
                    help="denoising step indices to read (of --num-steps); several are averaged")
     p.add_argument("--num-steps", type=int, default=None, help="length of the sampler schedule the steps index")
@@ -68,20 +69,11 @@ def resolve_layers(values, recommendation, backbone):
     if values == ["auto"]:
         from difftrack.tracker import load_recommendation
 
-        rec = recommendation or backbone_recommendation(backbone)
-        return load_recommendation(rec, backbone)
+        return load_recommendation(recommendation, backbone)
     try:
         return [int(v) for v in values], None
     except ValueError:
         raise UserError(f"--layers takes integers or `auto`, got {' '.join(values)}") from None
-
-
-def backbone_recommendation(backbone):
-    path = getattr(backbone, "recommendation_path", None)
-    if path is None or not Path(path).is_file():
-        raise UserError(f"--layers auto needs --recommendation DIR (from `difftrack analyze --out DIR`); "
-                        f"{backbone.name} ships none")
-    return path
 
 
 def run(args):
