@@ -12,6 +12,7 @@ model.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -63,11 +64,13 @@ def main(argv=None):
     best = max(table, key=lambda r: r[2]["average_jaccard"])
     always_visible = score(float("inf"), 0.0)
     result = {
-        "model": tracker.backbone.name, "cycle_threshold": best[0], "peak_threshold": best[1],
+        # null = no cycle check (strict JSON has no Infinity)
+        "model": tracker.backbone.name, "cycle_threshold": None if math.isinf(best[0]) else best[0],
+        "peak_threshold": best[1],
         "calibration": {"seeds": [args.seed_offset, args.seed_offset + args.num_videos - 1], "frames": args.frames,
                         "size": args.size, "points_per_video": args.points, "mode": "first"},
         "metrics_at_best": best[2], "metrics_always_visible": always_visible,
-        "grid": [{"cycle_threshold": c, "peak_threshold": pk, "average_jaccard": m["average_jaccard"],
+        "grid": [{"cycle_threshold": None if math.isinf(c) else c, "peak_threshold": pk, "average_jaccard": m["average_jaccard"],
                   "occlusion_accuracy": m["occlusion_accuracy"]} for c, pk, m in table],
     }
     out = Path(args.out) if args.out else Path(__file__).resolve().parents[1] / "difftrack" / "calibration" / f"{calibration_key(tracker.backbone.name)}.json"

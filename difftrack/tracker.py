@@ -128,7 +128,7 @@ class DiffTracker:
             calibrated = json.loads(calibration.read_text())
             for k in ("cycle_threshold", "peak_threshold"):
                 if k not in overrides:
-                    setattr(cfg, k, float(calibrated[k]))
+                    setattr(cfg, k, float("inf") if calibrated[k] is None else float(calibrated[k]))
         cfg.layers = bb.check_layers(cfg.layers if cfg.layers is not None else bb.track_layers())
         if cfg.num_steps is None:
             cfg.num_steps = bb.default_track_step[1]
