@@ -477,7 +477,7 @@ def run_sweep(args):
         best = write_sweep(tmp, records, refs, options.tasks, meta)
     for model, per_task in best.items():
         for task, b in per_task.items():
-            print(f"{model} {task}: best block {b['block']} step {b['step']} (t={b['timestep']:g}) "
+            print(f"{model} {task}: best block {b['block']} step {b['step']} (t={b['timestep']:.0f}) "
                   f"{b['metric']}={b['value']:.3f}")
     print(f"-> {args.out}/sweep.md, sweep.json, sweep.csv, best.json, sweep_<task>.png")
 

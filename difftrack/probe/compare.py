@@ -27,7 +27,7 @@ def compare_markdown(video: dict, image: dict, references: list[dict], tasks, se
         rows.append({"model": "majority class (probe chance)", **{k: v for k, v in chance.items() if v is not None}})
     lines = ["# Image versus video", "",
              f"Setting: block {video['block']}, step {video['step']} of {setting['num_steps']} "
-             f"(timestep {video['timestep']:g}), noise `{setting['noise']}`, seed {setting['seed']}; propagation and "
+             f"(timestep {video['timestep']:.0f}), noise `{setting['noise']}`, seed {setting['seed']}; propagation and "
              f"probe on `{setting['kind']}` activations, tracking on the block's q/k (DiffTracker). "
              f"{setting['eval_videos']} held-out generator videos (seeds {setting['eval_seeds']}), probe trained on "
              f"{setting['train_videos']} others (seeds {setting['train_seeds']}).", "",

@@ -70,7 +70,7 @@ def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dic
         lines.append("")
         for model in models:
             lines += [f"{model} (rows: block; columns: step of a {num_steps}-step schedule, t = timestep)", "",
-                      "| block | " + " | ".join(f"step {s} (t={timestep[s]:g})" for s in steps) + " |",
+                      "| block | " + " | ".join(f"step {s} (t={timestep[s]:.0f})" for s in steps) + " |",
                       "|---|" + "---|" * len(steps)]
             table = {(r["block"], r["step"]): r for r in records if r["model"] == model}
             for b in blocks:
@@ -81,7 +81,7 @@ def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dic
               "|---|---|---|---|---|---|---|"]
     for model, per_task in best.items():
         for task, b in per_task.items():
-            lines.append(f"| {model} | {task} | {b['metric']} | {b['block']} | {b['step']} | {b['timestep']:g} | "
+            lines.append(f"| {model} | {task} | {b['metric']} | {b['block']} | {b['step']} | {b['timestep']:.0f} | "
                          f"{_fmt(b['value'])} |")
     return "\n".join(lines) + "\n"
 
@@ -111,7 +111,7 @@ def sweep_figure(records: list[dict], task: str, path: Path) -> None:
                 if np.isfinite(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if grid[i, j] < (vmin + vmax) / 2 else "black")
-        ax.set_xticks(range(len(steps)), [f"{s}\nt={timestep[s]:g}" for s in steps], fontsize=7)
+        ax.set_xticks(range(len(steps)), [f"{s}\nt={timestep[s]:.0f}" for s in steps], fontsize=7)
         ax.set_yticks(range(len(blocks)), blocks, fontsize=7)
         ax.set_xlabel("step (noise level)")
         ax.set_ylabel("block")
