@@ -540,10 +540,12 @@ def run_pictures(args):
             if clip is not None:
                 entry["track_consistency"] = track_consistency(ids, clip)
             summary[bb.name] = entry
-        Image.fromarray(strip(strip_rows, labels)).save(tmp / f"{name}_strip.png")
-        write_video(tmp / f"{name}.mp4", side_by_side(video_rows), fps)
-        write_json(tmp / f"{name}.json", {"video": args.video or name, "rows": labels, "models": summary})
+        run_name = f"{name}_step{args.noise_step}" + ("" if args.block is None else f"_block{args.block}")
+        Image.fromarray(strip(strip_rows, labels)).save(tmp / f"{run_name}_strip.png")
+        write_video(tmp / f"{run_name}.mp4", side_by_side(video_rows), fps)
+        write_json(tmp / f"{run_name}.json", {"video": args.video or name, "rows": labels, "models": summary})
     for model, entry in summary.items():
         extra = f", cluster kept along true tracks {entry['track_consistency']:.3f}" if "track_consistency" in entry else ""
         print(f"{model}: cluster kept at the same screen position {entry['screen_consistency']:.3f}{extra}")
-    print(f"-> {args.out}/{name}_strip.png, {name}.mp4, {name}.json (rows: video, then PCA and K-means per model)")
+    print(f"-> {args.out}/{run_name}_strip.png, {run_name}.mp4, {run_name}.json (rows: video, then PCA and K-means "
+          f"per model)")
