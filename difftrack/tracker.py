@@ -88,8 +88,9 @@ def sample_descriptors(desc: torch.Tensor, points_tok: torch.Tensor, grid: tuple
     return out[:, :, 0, :].permute(0, 2, 1).to(desc.dtype)
 
 
-def load_recommendation(path: str | Path | None, backbone: Backbone) -> tuple[list[int], list[int] | None]:
-    """Layers (and steps) recommended by `difftrack analyze` (recommendation.json or its directory);
+def load_recommendation(path: str | Path | None, backbone: Backbone) -> tuple[list[int], list[int] | None, int | None]:
+    """Layers, steps and the schedule length they index, as recommended by `difftrack analyze`
+    (recommendation.json or its directory);
     ``path`` None reads the recommendation shipped with the model, if it has one."""
     if path is None:
         path = backbone.recommendation_path
@@ -103,7 +104,7 @@ def load_recommendation(path: str | Path | None, backbone: Backbone) -> tuple[li
         raise UserError(f"no analysis recommendation at {path}; run `difftrack analyze --out DIR` first "
                         f"and pass --recommendation DIR, or give explicit layers")
     rec = json.loads(path.read_text())
-    return backbone.check_layers(rec["layers"]), rec.get("steps")
+    return backbone.check_layers(rec["layers"]), rec.get("steps"), rec.get("num_steps")
 
 
 class DiffTracker:

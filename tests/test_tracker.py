@@ -153,14 +153,17 @@ def test_track_cli_layers_auto_reads_recommendation(tmp_path, pipeline_dir, caps
     assert "ships no recommendation.json" in capsys.readouterr().err
     rec_dir = tmp_path / "analysis"
     rec_dir.mkdir()
-    (rec_dir / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [0], "steps": [9]}))
+    (rec_dir / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [0], "steps": [9],
+                                                              "num_steps": 10}))
     assert main(common + ["--model", str(model), "--recommendation", str(rec_dir), "--out", str(tmp_path / "b")]) == 0
     meta = json.loads((tmp_path / "b.json").read_text())["meta"]
     assert meta["layers"] == [0] and meta["steps"] == [9]
-    (model / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [1], "steps": [8]}))
-    assert main(common + ["--model", str(model), "--out", str(tmp_path / "c")]) == 0
+    (model / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [1], "steps": [20],
+                                                           "num_steps": 30}))
+    assert main(common[:4] + ["--no-video", "--layers", "auto", "--model", str(model), "--out",
+                              str(tmp_path / "c")]) == 0
     meta = json.loads((tmp_path / "c.json").read_text())["meta"]
-    assert meta["layers"] == [1] and meta["steps"] == [8]
+    assert meta["layers"] == [1] and meta["steps"] == [20] and meta["num_steps"] == 30
     (rec_dir / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [7], "steps": [9]}))
     assert main(common + ["--model", str(model), "--recommendation", str(rec_dir), "--out", str(tmp_path / "d")]) == 2
     assert "layer 7 is out of range" in capsys.readouterr().err

@@ -64,14 +64,15 @@ def grid_queries(n: int, frame: int, height: int, width: int) -> np.ndarray:
 
 
 def resolve_layers(values, recommendation, backbone):
+    """(layers, steps, num_steps) from --layers; steps and num_steps come only from a recommendation."""
     if values is None:
-        return None, None
+        return None, None, None
     if values == ["auto"]:
         from difftrack.tracker import load_recommendation
 
         return load_recommendation(recommendation, backbone)
     try:
-        return [int(v) for v in values], None
+        return [int(v) for v in values], None, None
     except ValueError:
         raise UserError(f"--layers takes integers or `auto`, got {' '.join(values)}") from None
 
@@ -94,8 +95,12 @@ def run(args):
         raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
 
     backbone = difftrack.create_backbone(args.model)
-    layers, rec_steps = resolve_layers(args.layers, args.recommendation, backbone)
-    options = {"layers": layers, "steps": args.steps or rec_steps, "num_steps": args.num_steps,
+    layers, rec_steps, rec_num_steps = resolve_layers(args.layers, args.recommendation, backbone)
+    if args.steps is None and rec_steps is not None:
+        options_steps, options_num_steps = rec_steps, rec_num_steps
+    else:
+        options_steps, options_num_steps = args.steps, args.num_steps
+    options = {"layers": layers, "steps": options_steps, "num_steps": options_num_steps,
                "noise": args.noise, "window": args.window, "bidirectional": not args.no_bidirectional,
                "seed": args.seed}
     if args.cycle_threshold is not None:
