@@ -107,18 +107,12 @@ class DescriptorCapture:
         return self.steps is None or step in self.steps
 
     def __enter__(self):
-        modules = self.backbone.layers
-        for layer in self.layers:
-            attn = modules[layer]
-            self._saved[layer] = attn.processor
-            attn.set_processor(_CaptureProcessor(self, layer, attn.processor))
+        self._saved = self.backbone.swap_processors(self.layers, lambda layer, stock: _CaptureProcessor(self, layer, stock))
         return self
 
     def __exit__(self, *exc):
-        modules = self.backbone.layers
-        for layer, proc in self._saved.items():
-            modules[layer].set_processor(proc)
-        self._saved.clear()
+        self.backbone.restore_processors(self._saved)
+        self._saved = {}
         return False
 
     def run(self, fn: Callable, *args, **kwargs):

@@ -225,18 +225,13 @@ class CrossFrameAttentionRemoval:
         self._saved: dict[int, object] = {}
 
     def __enter__(self):
-        modules = self.backbone.layers
-        for layer in self.layers:
-            attn = modules[layer]
-            self._saved[layer] = attn.processor
-            attn.set_processor(CrossFramePerturbedProcessor(attn.processor, self.state, self._forward))
+        self._saved = self.backbone.swap_processors(
+            self.layers, lambda _layer, stock: CrossFramePerturbedProcessor(stock, self.state, self._forward))
         return self
 
     def __exit__(self, *exc):
-        modules = self.backbone.layers
-        for layer, proc in self._saved.items():
-            modules[layer].set_processor(proc)
-        self._saved.clear()
+        self.backbone.restore_processors(self._saved)
+        self._saved = {}
         self.state.perturbed_from = None
         return False
 

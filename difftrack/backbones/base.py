@@ -48,6 +48,21 @@ class Backbone:
         """The attention modules that count as layers, in forward order."""
         raise NotImplementedError
 
+    def swap_processors(self, layers, wrap) -> dict:
+        """Install ``wrap(layer, stock_processor)`` as the processor of each of ``layers``; returns the
+        replaced processors for :meth:`restore_processors`."""
+        modules = self.layers
+        saved = {}
+        for layer in layers:
+            saved[layer] = modules[layer].processor
+            modules[layer].set_processor(wrap(layer, saved[layer]))
+        return saved
+
+    def restore_processors(self, saved: dict) -> None:
+        modules = self.layers
+        for layer, processor in saved.items():
+            modules[layer].set_processor(processor)
+
     @property
     def num_layers(self) -> int:
         return len(self.layers)
