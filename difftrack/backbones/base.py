@@ -175,13 +175,36 @@ class Backbone:
                             f"use {lo} or {lo + c} frames, or --frame-as-latent")
 
     # ----- video <-> latents -------------------------------------------------------------------
+    @torch.no_grad()
     def encode_video(self, video: torch.Tensor, frame_as_latent: bool = False) -> torch.Tensor:
-        """Pixels (B, T, 3, H, W) in [-1, 1] -> latents (B, F, C, h, w) as the transformer takes them."""
-        raise NotImplementedError
+        """Pixels (B, T, 3, H, W) in [-1, 1] -> latents (B, F, C, h, w) as the transformer takes them.
 
+        The stock video VAEs take (B, C, T, H, W); ``frame_as_latent`` encodes every RGB frame as a
+        one-frame video, so latent frame f is RGB frame f.
+        """
+        b, t = video.shape[:2]
+        video = video.to(self.vae.device, self.vae.dtype)
+        if frame_as_latent:
+            frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
+            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
+            lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
+        else:
+            self.check_frame_count(t)
+            lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
+        return self.normalize_latents(lat).to(self.dtype)
+
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, F, C, h, w) -> pixels (B, T, 3, H, W) in [-1, 1]."""
-        raise NotImplementedError
+        lat = self.denormalize_latents(latents.to(self.vae.dtype)).permute(0, 2, 1, 3, 4)
+        return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+
+    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> the transformer's latent space (the VAE's scaling factor by default)."""
+        return latents * self.vae.config.scaling_factor
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents / self.vae.config.scaling_factor
 
     # ----- text --------------------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:

@@ -40,32 +40,13 @@ class CogVideoXBackbone(Backbone):
         return self.transformer.config.max_text_seq_length
 
     # ----- video <-> latents -------------------------------------------------------------------
-    @property
-    def _scaling(self) -> float:
-        return self.vae.config.scaling_factor
-
-    @torch.no_grad()
-    def encode_video(self, video, frame_as_latent=False):
-        b, t = video.shape[:2]
-        video = video.to(self.vae.device, self.vae.dtype)
-        if frame_as_latent:
-            frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
-            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
-            lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
-        else:
-            self.check_frame_count(t)
-            lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
-        return (lat * self._scaling).to(self.dtype)
-
-    @torch.no_grad()
     def decode_latents(self, latents):
         frames = latents.shape[1]
         if frames > 1 and frames % 2 == 0 and self.temporal_compression > 1:
             # The stock VAE decodes latent frames in pairs after the first: an even count comes back too long.
             raise UserError(f"CogVideoX's VAE decodes an odd number of latent frames (1 + 8k RGB frames), got {frames}; "
                             f"use {frames - 1} or {frames + 1} latent frames")
-        lat = (latents / self._scaling).to(self.vae.dtype).permute(0, 2, 1, 3, 4)
-        return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+        return super().decode_latents(latents)
 
     # ----- text --------------------------------------------------------------------------------
     @torch.no_grad()

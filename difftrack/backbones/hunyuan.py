@@ -68,25 +68,6 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1])
         return sched.timesteps
 
-    # ----- video <-> latents -------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_video(self, video, frame_as_latent=False):
-        b, t = video.shape[:2]
-        video = video.to(self.vae.device, self.vae.dtype)
-        if frame_as_latent:
-            frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
-            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
-            lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
-        else:
-            self.check_frame_count(t)
-            lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
-        return (lat * self.vae.config.scaling_factor).to(self.dtype)
-
-    @torch.no_grad()
-    def decode_latents(self, latents):
-        lat = (latents / self.vae.config.scaling_factor).to(self.vae.dtype).permute(0, 2, 1, 3, 4)
-        return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
-
     # ----- text --------------------------------------------------------------------------------
     @property
     def pipeline(self):

@@ -77,26 +77,13 @@ class WanBackbone(FlowMatchingMixin, Backbone):
         std = torch.tensor(cfg.latents_std, device=like.device, dtype=like.dtype).view(shape)
         return mean, std
 
-    @torch.no_grad()
-    def encode_video(self, video, frame_as_latent=False):
-        b, t = video.shape[:2]
-        video = video.to(self.vae.device, self.vae.dtype)
-        if frame_as_latent:
-            frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
-            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
-            lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
-        else:
-            self.check_frame_count(t)
-            lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
-        mean, std = self._latent_stats(lat)
-        return ((lat - mean) / std).to(self.dtype)
+    def normalize_latents(self, latents):
+        mean, std = self._latent_stats(latents)
+        return (latents - mean) / std
 
-    @torch.no_grad()
-    def decode_latents(self, latents):
-        lat = latents.to(self.vae.dtype)
-        mean, std = self._latent_stats(lat)
-        lat = (lat * std + mean).permute(0, 2, 1, 3, 4)
-        return self.vae.decode(lat).sample.permute(0, 2, 1, 3, 4).clamp(-1, 1)
+    def denormalize_latents(self, latents):
+        mean, std = self._latent_stats(latents)
+        return latents * std + mean
 
     # ----- text --------------------------------------------------------------------------------
     @property
