@@ -5,11 +5,6 @@ class UserError(Exception):
     """Bad input from the user: the message says what is wrong and how to fix it, on one line."""
 
 
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
-
-
 def check_index_range(kind: str, values, upper: int) -> list[int]:
     """Validate 0-based indices against [0, upper) and return them as ints."""
     out = []

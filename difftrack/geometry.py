@@ -49,9 +49,6 @@ class TokenGeometry:
             return self.rgb_frames
         return (self.frames - 1) * self.temporal_compression + 1
 
-    def token_index(self, frame: int, row: int, col: int) -> int:
-        return frame * self.tokens_per_frame + row * self.grid_w + col
-
     def pixel_to_token(self, xy: np.ndarray) -> np.ndarray:
         """Pixel (x, y) -> continuous token coordinates (x, y), token centres at integer + 0.5."""
         xy = np.asarray(xy, dtype=np.float64)
@@ -71,7 +68,3 @@ class TokenGeometry:
     def latent_to_rgb_frame(self, f):
         """Latent frame index -> the RGB frame it is anchored to (frame 0 alone, then every c-th)."""
         return np.asarray(f) * self.temporal_compression
-
-    def rgb_to_latent_frame(self, t):
-        """RGB frame index -> continuous latent frame index (interpolate between neighbours)."""
-        return np.asarray(t, dtype=np.float64) / self.temporal_compression

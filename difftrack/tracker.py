@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,7 +61,6 @@ class TrackerConfig:
 class TrackerStats:
     forwards: int = 0
     layers_run: int = 0
-    seconds: float = 0.0
     chunks: list[list[int]] = field(default_factory=list)
 
 
@@ -155,7 +153,6 @@ class DiffTracker:
             raise UserError("no query points given; pass at least one (t, x, y) point or use --grid N")
         num_frames, height, width = video.shape[:3]
         check_points(queries, num_frames, height, width)
-        start = time.perf_counter()
         latents, geometry = self._encode(video)
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(self.config.seed)).to(latents)
 
@@ -180,7 +177,6 @@ class DiffTracker:
         visible = self.occlusion_call(self.diagnostics["cycle_error"], self.diagnostics["peak"])
         tracks[queries[:, 0].astype(int), np.arange(len(queries))] = queries[:, 1:]
         visible[queries[:, 0].astype(int), np.arange(len(queries))] = True
-        self.stats.seconds += time.perf_counter() - start
         return tracks, visible
 
     def meta(self) -> dict:

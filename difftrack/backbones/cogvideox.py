@@ -32,10 +32,6 @@ class CogVideoXBackbone(Backbone):
         return self.transformer.config.temporal_compression_ratio
 
     @property
-    def latent_channels(self) -> int:
-        return self.transformer.config.in_channels
-
-    @property
     def text_tokens(self) -> int:
         return self.transformer.config.max_text_seq_length
 
