@@ -7,8 +7,11 @@ is written to ``out`` in the layout ``create_backbone(path)`` loads.
 
 The noise recipe gives the denoiser a reason to copy content across frames: half of the clips
 have some frames cleaner than the clip's noise level, and a quarter have one nearly clean frame
-(as in image-to-video training). The image twin gets exactly the same clips, noise and optimiser,
-but every frame is its own sample, so it never sees another frame.
+(as in image-to-video training). Each step trains on ``sample_frames`` frames drawn from clips of
+``frames`` frames (sorted, at their own temporal RoPE positions): the model sees frame gaps of 1 to
+``frames - 1`` and every position it meets at inference, while attention, which dominates the cost,
+runs over fewer tokens. The image twin gets exactly the same frames, noise and optimiser, but every
+frame is its own sample, so it never sees another frame. Clips are rendered in a background worker.
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ class TrainConfig:
     out: str
     run_dir: str
     steps: int = 1800
-    batch: int = 2
+    batch: int = 4
     frames: int = 8
+    sample_frames: int = 4
     image_twin: bool = False
     layers: int = 6
     heads: int = 4
     head_dim: int = 32
     size: int = 64
-    lr: float = 6e-4
-    warmup: int = 100
+    lr: float = 8e-4
+    warmup: int = 200
     caption_dropout: float = 0.1
     seed: int = 0
     bf16: bool = True
@@ -66,22 +70,63 @@ def noise_levels(generator, batch: int, frames: int) -> tuple[torch.Tensor, torc
     return s, per_frame
 
 
+def frame_subset(cfg: TrainConfig, step: int) -> np.ndarray:
+    """The sorted clip frames trained on at ``step`` (all of them when ``sample_frames >= frames``)."""
+    if cfg.sample_frames >= cfg.frames:
+        return np.arange(cfg.frames)
+    rng = np.random.default_rng((cfg.seed, step))
+    return np.sort(rng.choice(cfg.frames, size=cfg.sample_frames, replace=False))
+
+
 def training_batch(cfg: TrainConfig, step: int):
-    """Pixels (B, F, 3, H, W) in [-1, 1] and captions of the clips of ``step``."""
+    """Pixels (B, F', 3, H, W) in [-1, 1] of the ``frame_subset`` of the clips of ``step``, their
+    captions, and the subset."""
     from difftrack.data.synthetic import generate_clip
 
+    frames = frame_subset(cfg, step)
     videos, captions = [], []
     for i in range(cfg.batch):
         clip = generate_clip(TRAIN_SEED_OFFSET + cfg.seed * 10_000_000 + step * cfg.batch + i, num_frames=cfg.frames,
                              height=cfg.size, width=cfg.size)
-        videos.append(torch.from_numpy(clip.video).permute(0, 3, 1, 2))
+        videos.append(torch.from_numpy(clip.video[frames]).permute(0, 3, 1, 2))
         captions.append(clip.caption)
-    return torch.stack(videos).float() / 127.5 - 1.0, captions
+    return torch.stack(videos).float() / 127.5 - 1.0, captions, frames
 
 
-def loss_for_step(cfg: TrainConfig, components: dict, step: int) -> torch.Tensor:
+class _StepBatches(torch.utils.data.Dataset):
+    """Batch ``i`` is the training batch of step ``start + i``: a pure function of the step, so a
+    background worker can render it ahead without touching determinism."""
+
+    def __init__(self, cfg: TrainConfig, start: int):
+        self.cfg, self.start = cfg, start
+
+    def __len__(self):
+        return self.cfg.steps - self.start
+
+    def __getitem__(self, i):
+        return training_batch(self.cfg, self.start + i)
+
+
+def prefetched_batches(cfg: TrainConfig, start: int):
+    return iter(torch.utils.data.DataLoader(_StepBatches(cfg, start), batch_size=None, num_workers=1,
+                                            prefetch_factor=4, persistent_workers=False))
+
+
+def rotary_embedding(cfg: TrainConfig, grid: int, head_dim: int, frames: np.ndarray):
+    """3D RoPE of the chosen clip frames at their own temporal positions (one position for the twin)."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    if cfg.image_twin:
+        return get_3d_rotary_pos_embed(head_dim, ((0, 0), (grid, grid)), (grid, grid), 1)
+    cos, sin = get_3d_rotary_pos_embed(head_dim, ((0, 0), (grid, grid)), (grid, grid), cfg.frames)
+    rows = torch.as_tensor(frames)
+    return tuple(t.reshape(cfg.frames, grid * grid, -1)[rows].reshape(len(frames) * grid * grid, -1)
+                 for t in (cos, sin))
+
+
+def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch.Tensor:
     transformer, text_encoder, tokenizer = components["transformer"], components["text_encoder"], components["tokenizer"]
-    x0, captions = training_batch(cfg, step)
+    x0, captions, frames = batch
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # the text encoder's dropout: same masks after a resume
     b, f = x0.shape[:2]
@@ -95,12 +140,8 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int) -> torch.Tensor
     ids = tokenizer(captions, padding="max_length", max_length=transformer.config.max_text_seq_length,
                     truncation=True, return_tensors="pt").input_ids
     timestep = s * 1000
-    from diffusers.models.embeddings import get_3d_rotary_pos_embed
-
-    grid = cfg.size // transformer.config.patch_size
-    frames_per_sample = 1 if cfg.image_twin else f
-    rope = get_3d_rotary_pos_embed(transformer.config.attention_head_dim, ((0, 0), (grid, grid)), (grid, grid),
-                                   frames_per_sample)
+    rope = rotary_embedding(cfg, cfg.size // transformer.config.patch_size, transformer.config.attention_head_dim,
+                            np.asarray(frames))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         text = text_encoder(ids)[0]
         if cfg.image_twin:  # every frame its own sample
@@ -166,8 +207,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     if cfg.size % 4:
         raise UserError(f"--size {cfg.size} is not a multiple of the patch size 4")
-    if cfg.steps < 1 or cfg.batch < 1 or cfg.frames < 1:
-        raise UserError("--steps, --batch and --frames must be positive")
+    if cfg.steps < 1 or cfg.batch < 1 or cfg.frames < 1 or cfg.sample_frames < 1:
+        raise UserError("--steps, --batch, --frames and --sample-frames must be positive")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)
@@ -185,8 +226,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     wall_before = history[-1]["wall"] if history else 0.0
     bar = tqdm(total=cfg.steps, initial=step, desc="train-tiny" + (" (image twin)" if cfg.image_twin else ""),
                disable=not progress, mininterval=5)
+    batches = prefetched_batches(cfg, step) if step < cfg.steps else iter(())
     while step < cfg.steps:
-        loss = loss_for_step(cfg, components, step)
+        loss = loss_for_step(cfg, components, step, next(batches))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

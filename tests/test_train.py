@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -34,10 +35,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
     real = train_module.loss_for_step
 
-    def killed_at_step_two(cfg, components, step):
+    def killed_at_step_two(cfg, components, step, batch):
         if step == 2:
             raise KeyboardInterrupt
-        return real(cfg, components, step)
+        return real(cfg, components, step, batch)
 
     monkeypatch.setattr(train_module, "loss_for_step", killed_at_step_two)
     with pytest.raises(KeyboardInterrupt):
@@ -84,3 +85,39 @@ def test_noise_levels_sometimes_differ_per_frame_and_keep_a_nearly_clean_frame()
     same = (per_frame == s[:, None]).all(1)
     assert 0.2 < same.float().mean() < 0.6
     assert 0.15 < (per_frame.min(1).values < 0.05).float().mean() < 0.45
+
+
+def test_frame_subsets_are_sorted_deterministic_and_keep_their_rope_positions():
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    from difftrack.train import frame_subset, rotary_embedding
+
+    cfg = TrainConfig(out="o", run_dir="r", frames=8, sample_frames=3)
+    subsets = [frame_subset(cfg, step) for step in range(50)]
+    assert all(len(s) == 3 and list(s) == sorted(set(s)) and s.max() < 8 for s in subsets)
+    assert len({tuple(s) for s in subsets}) > 10  # gaps vary from step to step
+    assert all((frame_subset(cfg, step) == s).all() for step, s in enumerate(subsets))
+    cos, sin = rotary_embedding(cfg, 4, 16, np.array([1, 4, 6]))
+    full_cos, full_sin = get_3d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4), 8)
+    for frame_row, frame in enumerate([1, 4, 6]):
+        torch.testing.assert_close(cos[frame_row * 16:(frame_row + 1) * 16], full_cos[frame * 16:(frame + 1) * 16])
+        torch.testing.assert_close(sin[frame_row * 16:(frame_row + 1) * 16], full_sin[frame * 16:(frame + 1) * 16])
+    assert (frame_subset(TrainConfig(out="o", run_dir="r", frames=3, sample_frames=4), 0) == [0, 1, 2]).all()
+
+
+def test_the_video_model_trains_on_frame_subsets(tmp_path, monkeypatch):
+    from diffusers import CogVideoXTransformer3DModel
+
+    shapes = []
+    real_forward = CogVideoXTransformer3DModel.forward
+
+    def spy(self, hidden_states, *args, **kwargs):
+        shapes.append(tuple(hidden_states.shape[:2]))
+        return real_forward(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(CogVideoXTransformer3DModel, "forward", spy)
+    cfg = TrainConfig(out=str(tmp_path / "v"), run_dir=str(tmp_path / "rv"), steps=1,
+                      **{**TINY, "batch": 2, "frames": 4, "sample_frames": 2})
+    train(cfg, progress=False)
+    assert shapes == [(2, 2)]
+    assert create_backbone(str(tmp_path / "v")).max_frames == 4  # inference keeps the whole clip window

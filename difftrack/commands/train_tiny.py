@@ -13,16 +13,20 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="directory for the final model (loadable with --model DIR)")
     parser.add_argument("--run-dir", required=True, help="directory for checkpoints (resume from here)")
     parser.add_argument("--steps", type=int, default=1800, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=2, help="clips per step")
-    parser.add_argument("--frames", type=int, default=8, help="frames per clip")
+    parser.add_argument("--batch", type=int, default=4, help="clips per step")
+    parser.add_argument("--frames", type=int, default=8,
+                        help="frames per clip: the model's temporal window (RoPE positions) at inference")
+    parser.add_argument("--sample-frames", type=int, default=4,
+                        help="frames of each clip trained on per step, a random sorted subset at their own "
+                             "temporal positions (attention cost grows with its square)")
     parser.add_argument("--image-twin", action="store_true",
                         help="train the image twin: every frame of every clip is its own one-frame sample")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (multiple of 4)")
-    parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=8e-4)
+    parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
@@ -32,6 +36,7 @@ def run(args):
     from difftrack.train import TrainConfig, train
 
     cfg = TrainConfig(out=args.out, run_dir=args.run_dir, steps=args.steps, batch=args.batch, frames=args.frames,
+                      sample_frames=args.sample_frames,
                       image_twin=args.image_twin, layers=args.layers, heads=args.heads, head_dim=args.head_dim,
                       size=args.size, lr=args.lr, warmup=args.warmup, seed=args.seed, bf16=not args.no_bf16,
                       checkpoint_minutes=args.checkpoint_minutes)
