@@ -35,7 +35,7 @@ TRAIN_SEED_OFFSET = 1_000_000  # training clips use seeds >= this; held-out eval
 class TrainConfig:
     out: str
     run_dir: str
-    steps: int = 1800
+    steps: int = 3000
     batch: int = 4
     frames: int = 8
     sample_frames: int = 4

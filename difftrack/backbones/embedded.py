@@ -69,8 +69,8 @@ class EmbeddedBackbone(CogVideoXBackbone):
 
     family = "embedded"
     # Where frame-0 q-k matching of tiny-video was best on held-out clips (results/embedded/embedded_eval.md):
-    # layer 4 at s ~ 0.1, which is step 44 of a 50-step rectified-flow schedule.
-    default_track_layers = (4,)
+    # layer 5 at s ~ 0.1, which is step 44 of a 50-step rectified-flow schedule.
+    default_track_layers = (5,)
     default_track_step = (44, 50)
 
     def __init__(self, *args, info: dict | None = None, **kwargs):

@@ -12,7 +12,7 @@ import json
 def add_arguments(parser):
     parser.add_argument("--out", required=True, help="directory for the final model (loadable with --model DIR)")
     parser.add_argument("--run-dir", required=True, help="directory for checkpoints (resume from here)")
-    parser.add_argument("--steps", type=int, default=1800, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps")
     parser.add_argument("--batch", type=int, default=4, help="clips per step")
     parser.add_argument("--frames", type=int, default=8,
                         help="frames per clip: the model's temporal window (RoPE positions) at inference")
