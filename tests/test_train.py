@@ -14,6 +14,22 @@ from difftrack.train import TrainConfig, noise_levels, train
 TINY = dict(size=16, layers=1, heads=2, head_dim=16, batch=1, frames=2, warmup=1, checkpoint_minutes=0.0)
 
 
+@pytest.fixture
+def forward_shapes(monkeypatch):
+    """(batch, frames) of every transformer forward during the test."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    shapes = []
+    real_forward = CogVideoXTransformer3DModel.forward
+
+    def spy(self, hidden_states, *args, **kwargs):
+        shapes.append(tuple(hidden_states.shape[:2]))
+        return real_forward(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(CogVideoXTransformer3DModel, "forward", spy)
+    return shapes
+
+
 def _weights(out):
     return load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
 
@@ -60,21 +76,11 @@ def test_resume_refuses_a_different_run(tmp_path):
               progress=False)
 
 
-def test_image_twin_trains_every_frame_as_its_own_sample(tmp_path, monkeypatch):
-    from diffusers import CogVideoXTransformer3DModel
-
-    shapes = []
-    real_forward = CogVideoXTransformer3DModel.forward
-
-    def spy(self, hidden_states, *args, **kwargs):
-        shapes.append(tuple(hidden_states.shape[:2]))
-        return real_forward(self, hidden_states, *args, **kwargs)
-
-    monkeypatch.setattr(CogVideoXTransformer3DModel, "forward", spy)
+def test_image_twin_trains_every_frame_as_its_own_sample(tmp_path, forward_shapes):
     cfg = TrainConfig(out=str(tmp_path / "i"), run_dir=str(tmp_path / "ri"), steps=2, image_twin=True,
                       **{**TINY, "batch": 2, "frames": 3})
     train(cfg, progress=False)
-    assert shapes == [(6, 1), (6, 1)]
+    assert forward_shapes == [(6, 1), (6, 1)]
     assert type(create_backbone(str(tmp_path / "i"))).__name__ == "EmbeddedImageBackbone"
 
 
@@ -105,19 +111,9 @@ def test_frame_subsets_are_sorted_deterministic_and_keep_their_rope_positions():
     assert (frame_subset(TrainConfig(out="o", run_dir="r", frames=3, sample_frames=4), 0) == [0, 1, 2]).all()
 
 
-def test_the_video_model_trains_on_frame_subsets(tmp_path, monkeypatch):
-    from diffusers import CogVideoXTransformer3DModel
-
-    shapes = []
-    real_forward = CogVideoXTransformer3DModel.forward
-
-    def spy(self, hidden_states, *args, **kwargs):
-        shapes.append(tuple(hidden_states.shape[:2]))
-        return real_forward(self, hidden_states, *args, **kwargs)
-
-    monkeypatch.setattr(CogVideoXTransformer3DModel, "forward", spy)
+def test_the_video_model_trains_on_frame_subsets(tmp_path, forward_shapes):
     cfg = TrainConfig(out=str(tmp_path / "v"), run_dir=str(tmp_path / "rv"), steps=1,
                       **{**TINY, "batch": 2, "frames": 4, "sample_frames": 2})
     train(cfg, progress=False)
-    assert shapes == [(2, 2)]
+    assert forward_shapes == [(2, 2)]
     assert create_backbone(str(tmp_path / "v")).max_frames == 4  # inference keeps the whole clip window
