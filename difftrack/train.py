@@ -109,7 +109,7 @@ class _StepBatches(torch.utils.data.Dataset):
 
 def prefetched_batches(cfg: TrainConfig, start: int):
     return iter(torch.utils.data.DataLoader(_StepBatches(cfg, start), batch_size=None, num_workers=1,
-                                            prefetch_factor=4, persistent_workers=False))
+                                            prefetch_factor=4))
 
 
 def rotary_embedding(cfg: TrainConfig, grid: int, head_dim: int, frames: np.ndarray):
