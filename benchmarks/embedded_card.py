@@ -52,8 +52,7 @@ def loss_curves(models: dict[str, Path], out: Path) -> dict:
     return finals
 
 
-def sample_strip(model_names: list[str], out: Path, frames: int, steps: int, guidance_scale: float, seed: int,
-                 upscale: int = 1) -> None:
+def sample_strip(model_names: list[str], out: Path, frames: int, steps: int, guidance_scale: float, seed: int) -> None:
     import cv2
 
     from difftrack.backbones import create_backbone
@@ -65,10 +64,7 @@ def sample_strip(model_names: list[str], out: Path, frames: int, steps: int, gui
         h, w = bb.native_size
         videos = sample(bb, list(PROMPTS), frames, h, w, num_steps=steps, seed=seed, guidance_scale=guidance_scale,
                         output="uint8")
-        for video in videos:
-            row = np.concatenate(list(video), axis=1)
-            rows.append(cv2.resize(row, (row.shape[1] * upscale, row.shape[0] * upscale),
-                                   interpolation=cv2.INTER_NEAREST))
+        rows += [np.concatenate(list(video), axis=1) for video in videos]
         rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))  # gap between models
     strip = np.concatenate(rows[:-1], axis=0)
     with atomic_path(out, suffix=".png") as tmp:

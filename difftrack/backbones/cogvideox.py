@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.errors import UserError
 from difftrack.backbones import (
     Backbone,
     ProcessorCall,
@@ -17,6 +16,7 @@ from difftrack.backbones import (
     register_backbone,
     register_pipeline_loader,
 )
+from difftrack.errors import UserError
 
 
 class CogVideoXBackbone(Backbone):
