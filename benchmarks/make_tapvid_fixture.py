@@ -20,30 +20,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from difftrack.cli import OneLineErrorParser, run_reporting_errors
 from difftrack.data.synthetic import generate_clip, to_tapvid
-from difftrack.errors import UserError
 from difftrack.io import atomic_path
-
-
-class _OneLineErrors(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see python benchmarks/make_tapvid_fixture.py --help)")
+from difftrack.options import integer, output_file, seed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _OneLineErrors(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="pickle to write (e.g. DIR/tapvid_davis.pkl)")
-    parser.add_argument("--num-videos", type=int, default=3)
-    parser.add_argument("--seed-offset", type=int, default=0, help="seed of the first video")
-    parser.add_argument("--frames", type=int, default=8, help="frames per video")
-    parser.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
-    parser.add_argument("--points", type=int, default=16, help="tracks per video")
-    args = parser.parse_args(argv)
-    for flag, value, low in (("--num-videos", args.num_videos, 1), ("--frames", args.frames, 2),
-                             ("--size", args.size, 16), ("--points", args.points, 1)):
-        if value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
-    return args
+    parser = OneLineErrorParser(prog="python benchmarks/make_tapvid_fixture.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=output_file(".pkl", new_parent=True),
+                        help="pickle to write (e.g. DIR/tapvid_davis.pkl)")
+    parser.add_argument("--num-videos", type=integer(min=1), default=3)
+    parser.add_argument("--seed-offset", type=seed, default=0, help="seed of the first video")
+    parser.add_argument("--frames", type=integer(min=2), default=8, help="frames per video")
+    parser.add_argument("--size", type=integer(min=16), default=64, help="frame height and width in pixels")
+    parser.add_argument("--points", type=integer(min=1), default=16, help="tracks per video")
+    return parser.parse_args(argv)
 
 
 def make_fixture(num_videos: int, seed_offset: int = 0, frames: int = 8, size: int = 64, points: int = 16) -> dict:
@@ -54,19 +47,18 @@ def make_fixture(num_videos: int, seed_offset: int = 0, frames: int = 8, size: i
     return videos
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        out = Path(args.out)
-        fixture = make_fixture(args.num_videos, args.seed_offset, args.frames, args.size, args.points)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp:
-            tmp.write_bytes(pickle.dumps(fixture, protocol=pickle.HIGHEST_PROTOCOL))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> None:
+    fixture = make_fixture(args.num_videos, args.seed_offset, args.frames, args.size, args.points)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(pickle.dumps(fixture, protocol=pickle.HIGHEST_PROTOCOL))
     print(f"wrote {len(fixture)} videos to {out}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_reporting_errors(lambda a: run(parse_args(a)), argv, debug="--debug" in argv)
 
 
 if __name__ == "__main__":

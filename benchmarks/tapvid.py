@@ -35,10 +35,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from difftrack.cli import OneLineErrorParser, run_reporting_errors
 from difftrack.data.tapvid import DATASETS, TapVidReader, sample_queries, to_protocol
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, save_npz, write_json
 from difftrack.metrics import METRIC_NAMES, QUERY_MODES, average_over_videos, compute_tapvid_metrics
+from difftrack.options import check_output_dir, output_dir, positive
 
 TRACKERS = ("difftrack", "zero_motion", "lucas_kanade")
 SUMMARY_COLUMNS = (("AJ", "average_jaccard"), ("delta_avg", "average_pts_within_thresh"),
@@ -48,13 +50,8 @@ SUMMARY_COLUMNS = (("AJ", "average_jaccard"), ("delta_avg", "average_pts_within_
                    ("J_16", "jaccard_16"))
 
 
-class _OneLineErrors(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see python benchmarks/tapvid.py --help)")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _OneLineErrors(description=__doc__.split("\n\n")[0],
+    parser = OneLineErrorParser(prog="python benchmarks/tapvid.py", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", required=True,
@@ -65,8 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "default, first in `difftrack models`)")
     parser.add_argument("--trackers", default=",".join(TRACKERS),
                         help=f"comma-separated subset of {','.join(TRACKERS)} (default: all)")
-    parser.add_argument("--out", default=None, help="output directory (default: ./tapvid-DATASET-MODE)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N videos in sorted order")
+    parser.add_argument("--out", default=None, type=output_dir, help="output directory (default: ./tapvid-DATASET-MODE)")
+    parser.add_argument("--limit", type=positive, default=None, help="only the first N videos in sorted order")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     args.trackers = [t.strip() for t in args.trackers.split(",") if t.strip()]
@@ -76,9 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"{','.join(TRACKERS)}")
     if len(set(args.trackers)) != len(args.trackers):
         raise UserError(f"--trackers lists a tracker twice: {','.join(args.trackers)}")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be a positive number of videos, got {args.limit}")
-    args.out = Path(args.out or f"tapvid-{args.dataset}-{args.mode}")
+    args.out = Path(args.out) if args.out else check_output_dir(f"tapvid-{args.dataset}-{args.mode}")
     return args
 
 
@@ -90,13 +85,8 @@ def build_trackers(names: list[str], model: str | None) -> dict:
         if name != "difftrack":
             trackers[name] = BASELINES[name]
             continue
-        try:
-            from difftrack.tracker import DiffTracker
-        except ModuleNotFoundError as exc:
-            if exc.name != "difftrack.tracker":
-                raise
-            raise UserError("difftrack's tracker (difftrack.tracker) is not in this install; "
-                            "run the reference trackers with --trackers zero_motion,lucas_kanade") from None
+        from difftrack.tracker import DiffTracker
+
         trackers[name] = DiffTracker(model=model)
     return trackers
 
@@ -142,11 +132,6 @@ class PartialStore:
             raise UserError(f"{self.directory} holds results of another run ({json.dumps(stored)}); "
                             f"choose another --out or delete that folder")
 
-    def create(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not (self.directory / "run.json").is_file():
-            write_json(self.directory / "run.json", self.run)
-
     def _path(self, index: int) -> Path:
         return self.directory / f"{index:06d}.npz"
 
@@ -162,6 +147,11 @@ class PartialStore:
         return result
 
     def save(self, index: int, name: str, result: dict) -> None:
+        """Store one finished video; the folder and its run.json appear with the first one, so a run that
+        fails on its first video leaves nothing behind."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not (self.directory / "run.json").is_file():
+            write_json(self.directory / "run.json", self.run)
         save_npz(self._path(index), name=np.array(name),
                  metrics=np.array([result["metrics"][m] for m in METRIC_NAMES], np.float64),
                  **{key: result[key] for key in self.ARRAYS})
@@ -188,11 +178,6 @@ def run(args: argparse.Namespace) -> None:
     trackers = build_trackers(args.trackers, model)
 
     rank, world = _distributed()
-    if rank == 0:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for store in stores.values():
-            store.create()
-    _barrier(world)
 
     total = reader.num_videos if args.limit is None else min(args.limit, reader.num_videos or args.limit)
     mine = None if total is None else len(range(rank, total, world))
@@ -214,6 +199,7 @@ def run(args: argparse.Namespace) -> None:
             local.append((index, name, results))
     gathered = _gather(local, world)
     if rank == 0:
+        args.out.mkdir(parents=True, exist_ok=True)
         write_outputs(args.out, args.trackers, sorted(gathered, key=lambda item: item[0]))
 
 
@@ -221,13 +207,6 @@ def _default_model() -> str:
     from difftrack.backbones import DEFAULT_BACKBONE
 
     return DEFAULT_BACKBONE
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _gather(local: list, world: int) -> list:
@@ -282,20 +261,8 @@ def _percent(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-    try:
-        run(parse_args(argv))
-        return 0
-    except UserError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - top level: report internal errors as such, like the CLI
-        if debug:
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_reporting_errors(lambda a: run(parse_args(a)), argv, debug="--debug" in argv)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,37 @@ COMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors follow the project's convention: one `error: ` line on stderr, exit code 2."""
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors follow the project's convention: raised as a UserError, so that whoever runs the
+    parser under :func:`run_reporting_errors` prints one `error: ` line and exits with 2."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def run_reporting_errors(run, args, debug: bool) -> int:
+    """Call ``run(args)`` and turn what it raises into the exit codes of the conventions: 2 for a
+    UserError (one `error:` line), 130 on Ctrl-C, 1 for anything else (`internal error:`)."""
+    try:
+        run(args)
+        return 0
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - top-level: report internal errors as such
+        if debug:
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="difftrack",
         description="Temporal correspondences inside video diffusion transformers: measure where the 3D attention "
                     "matches points across frames (analyze), track points zero-shot (track), and guide generation "
@@ -38,12 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # command not built yet
-            raise
+        module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip()
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,28 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_and_run(argv: list[str]) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
-    try:
-        args._run(args)
-        return 0
-    except UserError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - top-level: report internal errors as such
-        if args.debug:
-            traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+        raise UserError(f"give a command: {', '.join(COMMANDS)} (see `difftrack --help`)")
+    args._run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_reporting_errors(_parse_and_run, argv, debug="--debug" in argv)
 
 
 if __name__ == "__main__":

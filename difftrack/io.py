@@ -12,6 +12,10 @@ import numpy as np
 
 from difftrack.errors import UserError
 
+# FFmpeg, inside OpenCV, logs to the terminal itself ("moov atom not found"); a file it cannot read gets
+# our one error line instead. Read when OpenCV first opens a video, so it is set on import.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None):
@@ -79,6 +83,21 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         writer.release()
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts of a text file, one per line; blank lines and lines starting with # are skipped."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
+    try:
+        lines = file.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"prompts file {path} is not UTF-8 text; write one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"prompts file {path} holds no prompt; write one prompt per line")
+    return prompts
 
 
 def load_points(path: str | os.PathLike) -> np.ndarray:

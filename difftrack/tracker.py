@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +51,14 @@ class TrackerConfig:
     window: int | None = None  # frames per forward; None: the backbone's trained window
     refine_window: int = 1  # soft-argmax radius in tokens around the peak
     bidirectional: bool = True  # average C[s->j] with C[j->s]^T
-    cycle_threshold: float = 1.5  # tokens; larger forward-backward error -> occluded
-    peak_threshold: float = 0.0  # smaller head-averaged peak probability -> occluded
+    cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
+    peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
     seed: int = 0
     backend: str = "auto"
+
+
+# Occlusion thresholds of a model without a calibration file (benchmarks/calibrate_tracker.py writes one).
+UNCALIBRATED = {"cycle_threshold": 1.5, "peak_threshold": 0.0}
 
 
 @dataclass
@@ -116,18 +120,21 @@ class DiffTracker:
 
     def __init__(self, model: str | Backbone = "tiny-video", config: TrackerConfig | None = None, **overrides):
         self.backbone = model if isinstance(model, Backbone) else create_backbone(model)
-        cfg = config or TrackerConfig()
-        for k, v in overrides.items():
-            if not hasattr(cfg, k):
-                raise TypeError(f"unknown tracker option {k}")
-            setattr(cfg, k, v)
+        unknown = sorted(set(overrides) - {f.name for f in fields(TrackerConfig)})
+        if unknown:
+            raise TypeError(f"unknown tracker option {', '.join(unknown)}")
+        cfg = replace(config or TrackerConfig(), **overrides)  # the caller's config stays as it was
         bb = self.backbone
         calibration = CALIBRATION_DIR / f"{calibration_key(bb.name)}.json"
-        if calibration.is_file():
-            calibrated = json.loads(calibration.read_text())
-            for k in ("cycle_threshold", "peak_threshold"):
-                if k not in overrides:
-                    setattr(cfg, k, float("inf") if calibrated[k] is None else float(calibrated[k]))
+        calibrated = json.loads(calibration.read_text()) if calibration.is_file() else {}
+        for k in ("cycle_threshold", "peak_threshold"):
+            if getattr(cfg, k) is None:  # only what the caller left open is calibrated
+                value = calibrated.get(k, UNCALIBRATED[k])
+                setattr(cfg, k, float("inf") if value is None else float(value))
+            elif not getattr(cfg, k) >= 0:
+                raise UserError(f"{k} must be a number >= 0, got {getattr(cfg, k)}")
+        if cfg.window is not None and cfg.window < 2:
+            raise UserError(f"the tracking window must hold at least 2 frames, got {cfg.window}")
         cfg.layers = bb.check_layers(cfg.layers if cfg.layers is not None else bb.track_layers())
         if cfg.num_steps is None:
             cfg.num_steps = bb.default_track_step[1]
@@ -137,7 +144,8 @@ class DiffTracker:
             check_step(s, cfg.num_steps)
         if cfg.noise not in NOISE_MODES:
             raise UserError(f"unknown noise mode {cfg.noise!r}; choose one of {', '.join(NOISE_MODES)}")
-        cfg.window = cfg.window or bb.max_frames
+        if cfg.window is None:
+            cfg.window = bb.max_frames
         self.config = cfg
         self.stats = TrackerStats()
         self._empty_prompt = None

@@ -207,8 +207,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     if cfg.size % 4:
         raise UserError(f"--size {cfg.size} is not a multiple of the patch size 4")
-    if cfg.steps < 1 or cfg.batch < 1 or cfg.frames < 1 or cfg.sample_frames < 1:
-        raise UserError("--steps, --batch, --frames and --sample-frames must be positive")
+    if min(cfg.steps, cfg.batch, cfg.frames, cfg.sample_frames, cfg.layers, cfg.heads) < 1:
+        raise UserError("--steps, --batch, --frames, --sample-frames, --layers and --heads must be positive")
+    if cfg.head_dim < 2 or cfg.head_dim % 2:
+        raise UserError(f"--head-dim must be even and at least 2 (rotary positions rotate channel pairs), got {cfg.head_dim}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"--lr must be a finite number > 0, got {cfg.lr}")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)

@@ -312,7 +312,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(model_dir, tmp_path, ca
     base = ["analyze", "--model", str(model_dir), "--out", str(out)]
     assert "does not exist" in _cli_error(capsys, base + ["--prompts", str(tmp_path / "missing.txt")])
     (tmp_path / "empty.txt").write_text("\n  \n")
-    assert "is empty" in _cli_error(capsys, base + ["--prompts", str(tmp_path / "empty.txt")])
+    assert "holds no prompt" in _cli_error(capsys, base + ["--prompts", str(tmp_path / "empty.txt")])
     write_video(tmp_path / "clip.mp4", _translating_video())
     save_npz(tmp_path / "short.npz", tracks=np.zeros((5, 2, 2), np.float32), visibility=np.ones((5, 2), bool))
     assert "5 frames" in _cli_error(capsys, base + ["--video", str(tmp_path / "clip.mp4"),

@@ -47,7 +47,9 @@ def test_save_pretrained_round_trip(tmp_path, kind):
             embeds, extra = bb.encode_conditioning(["a blue square moves up"])
             outs.append(bb.predict(latents, torch.tensor(300.0), embeds, **extra))
     assert outs[0].shape == latents.shape
-    assert torch.equal(outs[0], outs[1])
+    # Same weights (checked bitwise above), but not the same computation: loaded tensors come from
+    # other allocations, so BLAS may take other code paths (3.6e-7 apart measured with diffusers 0.42).
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -266,7 +266,7 @@ def test_two_torchrun_processes_give_the_single_process_result(fixture_root, tmp
     (["--dataset", "davos", "--root", "{root}"], "invalid choice: 'davos'"),
     (["--dataset", "davis", "--root", "{root}", "--trackers", "zero_motion,raft"], "unknown tracker raft"),
     (["--dataset", "kinetics", "--root", "{root}"], "holds no Kinetics shards"),
-    (["--dataset", "davis", "--root", "{root}", "--limit", "0"], "--limit must be a positive"),
+    (["--dataset", "davis", "--root", "{root}", "--limit", "0"], "--limit: must be an integer >= 1"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_output(fixture_root, tmp_path, capsys, argv, message):
     out = tmp_path / "out"

@@ -76,7 +76,7 @@ def test_generate_one_video(model_dir, tmp_path, capsys):
 
 def test_prompts_file_writes_one_video_per_prompt_and_seed(model_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("# demo\na red disc moves up\n\nthe camera pans over a uniform brick wall\n")
+    prompts.write_text("# demo\na striped disc moves up\n\nthe camera pans over a uniform brick wall\n")
     out = tmp_path / "videos"
     out.mkdir()
     code, err = _cli(capsys, "--model", model_dir, "--prompts-file", prompts, "--seed", 0, 1, "--steps", 1,

@@ -94,15 +94,6 @@ class VideoJob:
 
 
 # ----- inputs --------------------------------------------------------------------------------------
-def read_prompts(path: str) -> list[str]:
-    if not os.path.isfile(path):
-        raise UserError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
-    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompts file {path} is empty; write one prompt per line")
-    return prompts
-
-
 def load_tracks(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Tracks (T, N, 2) and visibility (T, N) from an npz written by `difftrack track`."""
     if not os.path.isfile(path):
@@ -389,7 +380,6 @@ def run_analysis(analyzer: Analyzer, jobs: list[VideoJob], out: str | Path, accu
         raise UserError(f"--out {out} is a file; pass a directory")
     rank, world = _dist()
     key = config.key()
-    (out / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
     mine = [(i, j) for i, j in enumerate(jobs) if i % world == rank]
     for index, job in tqdm(mine, desc=f"videos (rank {rank}/{world})", unit="video", disable=not progress):
         if is_done(out, job, key):
@@ -397,6 +387,7 @@ def run_analysis(analyzer: Analyzer, jobs: list[VideoJob], out: str | Path, accu
         record, figures = analyzer.analyze(job, want_figures=index == 0, progress=progress)
         record["config_key"] = key
         json_path, npz_path = video_paths(out, job)
+        json_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a video that fails leaves no directory
         if figures is not None:
             with atomic_path(npz_path, suffix=".npz") as tmp:
                 np.savez_compressed(tmp, **figures)

@@ -8,6 +8,7 @@ per-head q/k (after q/k norm and RoPE) from what the stock processor computes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -209,6 +210,25 @@ class Backbone:
     # ----- text --------------------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` that the (first) tokenizer can only read as its unknown token."""
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is None:
+            return []
+        return [word for word in dict.fromkeys(re.findall(r"\w+", prompt))
+                if unk in self.tokenizer(word, add_special_tokens=False)["input_ids"]]
+
+    def check_prompt_words(self, prompts: list[str]) -> None:
+        """Refuse prompts with words the tokenizer cannot read (word-level vocabularies, such as the
+        embedded models'), naming the vocabulary when it is small enough to print."""
+        unknown = list(dict.fromkeys(w for p in prompts for w in self.unknown_words(p)))
+        if not unknown:
+            return
+        special = set(getattr(self.tokenizer, "all_special_tokens", []))
+        words = sorted(set(self.tokenizer.get_vocab()) - special)
+        known = f"; it knows: {' '.join(words)}" if len(words) <= 200 else ""
+        raise UserError(f"{self.name} does not know the word(s) {', '.join(unknown)}{known}")
 
     def encode_conditioning(self, prompts: list[str]) -> tuple[torch.Tensor, dict]:
         """Text embeddings plus any further keyword arguments :meth:`predict` needs for these prompts

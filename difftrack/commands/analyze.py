@@ -25,7 +25,9 @@ from pathlib import Path
 import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
+from difftrack.data.tapvid import DATASETS
 from difftrack.noising import NOISE_MODES
+from difftrack.options import number, output_dir, positive, seed
 
 RANK_METRICS = ("qk_pck", "qk_pck_token", "qk_pck_moved", "qk_pck_token_moved")
 
@@ -33,15 +35,15 @@ RANK_METRICS = ("qk_pck", "qk_pck_token", "qk_pck_moved", "qk_pck_token_moved")
 def add_arguments(p):
     src = p.add_argument_group("videos (choose one source)")
     src.add_argument("--prompts", help="text file, one prompt per line: generate and analyse each prompt")
-    src.add_argument("--seeds", nargs="+", type=int, default=[0], help="generation seeds; every prompt x every seed")
+    src.add_argument("--seeds", nargs="+", type=seed, default=[0], help="generation seeds; every prompt x every seed")
     src.add_argument("--video", nargs="+", help="real video file(s) to analyse")
     src.add_argument("--tracks", nargs="+",
                      help="ground truth per --video: npz with tracks (T, N, 2) and visibility (T, N) as written "
                           "by `difftrack track`; without it the video is labelled with --labeller")
     src.add_argument("--tapvid", help="TAP-Vid pickle or directory (ground truth from the dataset)")
-    src.add_argument("--dataset", default="davis", help="TAP-Vid dataset: davis, kinetics or rgb_stacking")
-    src.add_argument("--limit", type=int, help="TAP-Vid: first N videos in sorted order")
-    src.add_argument("--synthetic-seeds", nargs="+", type=int,
+    src.add_argument("--dataset", default="davis", choices=DATASETS, help="TAP-Vid dataset (default davis)")
+    src.add_argument("--limit", type=positive, help="TAP-Vid: first N videos in sorted order")
+    src.add_argument("--synthetic-seeds", nargs="+", type=seed,
                      help="clips of difftrack's procedural generator (exact ground truth), by seed")
 
     p.add_argument("--model", default=DEFAULT_BACKBONE, help=f"registry name, hub id or pipeline dir "
@@ -49,23 +51,23 @@ def add_arguments(p):
     p.add_argument("--layers", nargs="+", default=["all"], help="`all` (default) or 0-based layer indices")
     p.add_argument("--steps", nargs="+", default=["all"],
                    help="`all` (default) or step indices of the --num-steps schedule (0 = noisiest)")
-    p.add_argument("--num-steps", type=int, default=50, help="sampler schedule length (default 50)")
-    p.add_argument("--grid", type=int, default=20, help="N x N frame-0 query grid, snapped to tokens (default 20)")
+    p.add_argument("--num-steps", type=positive, default=50, help="sampler schedule length (default 50)")
+    p.add_argument("--grid", type=positive, default=20, help="N x N frame-0 query grid, snapped to tokens (default 20)")
     p.add_argument("--labeller", default="lk", choices=("lk", "cotracker"),
                    help="pseudo ground truth for generated / unlabelled videos (default lk: OpenCV Lucas-Kanade)")
-    p.add_argument("--guidance-scale", type=float, default=6.0, help="CFG scale of generation (default 6)")
-    p.add_argument("--frames", type=int, help="frames to generate / to take from a real video (default: the model's)")
-    p.add_argument("--height", type=int, help="generated height in pixels (default: the model's)")
-    p.add_argument("--width", type=int, help="generated width in pixels (default: the model's)")
-    p.add_argument("--frame-stride", type=int, default=1, help="real videos: take every n-th frame")
+    p.add_argument("--guidance-scale", type=number(min=0), default=6.0, help="CFG scale of generation (default 6)")
+    p.add_argument("--frames", type=positive, help="frames to generate / to take from a real video (default: the model's)")
+    p.add_argument("--height", type=positive, help="generated height in pixels (default: the model's)")
+    p.add_argument("--width", type=positive, help="generated width in pixels (default: the model's)")
+    p.add_argument("--frame-stride", type=positive, default=1, help="real videos: take every n-th frame")
     p.add_argument("--noise", choices=NOISE_MODES, default="add",
                    help="real videos: add noise at the step (default), feed clean latents, or invert to it")
-    p.add_argument("--seed", type=int, default=0, help="real videos: seed of the added noise")
+    p.add_argument("--seed", type=seed, default=0, help="real videos: seed of the added noise")
     p.add_argument("--accuracy", choices=RANK_METRICS, default="qk_pck",
                    help="accuracy the ranking uses (default qk_pck: 8 px at 480x720, scaled)")
-    p.add_argument("--top", type=int, default=3, help="layers in recommendation.json (default 3)")
+    p.add_argument("--top", type=positive, default=3, help="layers in recommendation.json (default 3)")
     p.add_argument("--no-features", action="store_true", help="skip intermediate-feature matching")
-    p.add_argument("--out", default="runs/analysis", help="report directory (default runs/analysis)")
+    p.add_argument("--out", default="runs/analysis", type=output_dir, help="report directory (default runs/analysis)")
 
 
 def _indices(values: list[str], flag: str) -> list[int] | None:
@@ -78,7 +80,8 @@ def _indices(values: list[str], flag: str) -> list[int] | None:
 
 
 def build_jobs(args, analyzer) -> list:
-    from difftrack.analysis.runner import VideoJob, read_prompts
+    from difftrack.analysis.runner import VideoJob
+    from difftrack.io import read_prompts
 
     sources = [s for s in ("prompts", "video", "tapvid", "synthetic_seeds") if getattr(args, s)]
     if len(sources) != 1:
@@ -97,7 +100,7 @@ def build_jobs(args, analyzer) -> list:
         reader = TapVidReader(args.dataset, args.tapvid)
         names = [name for name, _ in reader.entries()]
         if args.limit is not None:
-            names = names[:max(args.limit, 0)]
+            names = names[:args.limit]
         return [VideoJob("tapvid", name, path=args.tapvid, dataset=args.dataset) for name in names]
     if args.tracks and len(args.tracks) != len(args.video):
         raise UserError(f"got {len(args.video)} videos but {len(args.tracks)} tracks files; pass one per video")
@@ -113,10 +116,9 @@ def build_jobs(args, analyzer) -> list:
 
 
 def run(args):
-    from difftrack.analysis.runner import AnalysisConfig, Analyzer, read_prompts, run_analysis
+    from difftrack.analysis.runner import AnalysisConfig, Analyzer, run_analysis
+    from difftrack.io import read_prompts
 
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}")
     if args.prompts:
         read_prompts(args.prompts)  # before the model loads: a missing or empty file fails at once
     backbone = difftrack.create_backbone(args.model)
@@ -129,6 +131,7 @@ def run(args):
     jobs = build_jobs(args, analyzer)
     # Errors that would otherwise surface mid-run, before anything is written:
     if args.prompts:
+        backbone.check_prompt_words(read_prompts(args.prompts))
         analyzer.generation_size()
     if args.prompts or (args.video and not args.tracks):
         analyzer.labeller  # noqa: B018 - builds the labeller (CoTracker: checks the local cache)

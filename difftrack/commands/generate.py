@@ -17,7 +17,6 @@ prompts file: one prompt per line; blank lines and lines starting with # are ski
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support, default_cag_layers
-from difftrack.io import atomic_path, write_video
+from difftrack.io import atomic_path, read_prompts, write_video
+from difftrack.options import check_output_dir, check_output_file, integer, number, positive, seed
 
 
 def add_arguments(p):
@@ -40,51 +40,27 @@ def add_arguments(p):
     p.add_argument("--guidance", choices=GUIDANCE_MODES, default="cfg",
                    help="none: conditional prediction only; cfg: classifier-free guidance; cag: CFG plus "
                         "cross-attention guidance (default cfg)")
-    p.add_argument("--cfg-scale", default="6", metavar="W", help="classifier-free guidance weight w_cfg (default 6)")
-    p.add_argument("--cag-scale", default="1.0", metavar="S", help="CAG weight s_cag (default 1.0)")
+    p.add_argument("--cfg-scale", type=number(min=0), default=6.0, metavar="W", help="classifier-free guidance weight w_cfg (default 6)")
+    p.add_argument("--cag-scale", type=number(min=0), default=1.0, metavar="S", help="CAG weight s_cag (default 1.0)")
     p.add_argument("--cag-layers", nargs="+", default=None, metavar="L",
                    help="0-based attention layers perturbed by CAG, or `auto` (reads --recommendation); default: "
                         "the model's known CAG layers (CogVideoX-2B 13 17 21, 5B 15 17 18, tiny-video 4 5) or its "
                         "middle layers")
     p.add_argument("--recommendation", metavar="DIR",
                    help="analysis directory (or its recommendation.json) for --cag-layers auto")
-    p.add_argument("--cag-steps", nargs=2, type=int, default=None, metavar=("START", "STOP"),
+    p.add_argument("--cag-steps", nargs=2, type=integer(min=0), default=None, metavar=("START", "STOP"),
                    help="apply CAG only at step indices START <= i < STOP (default: every step)")
     p.add_argument("--sequential-branches", action="store_true",
                    help="run the uncond/cond/perturbed branches one after another instead of batched (less memory, "
                         "same result)")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="S", help="seed(s); one video per seed")
-    p.add_argument("--frames", type=int, default=None, help="RGB frames (default: the model's own)")
-    p.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's own)")
-    p.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's own)")
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate of the written MP4 (default 8)")
+    p.add_argument("--steps", type=positive, default=30, help="denoising steps (default 30)")
+    p.add_argument("--seed", type=seed, nargs="+", default=[0], metavar="S", help="seed(s); one video per seed")
+    p.add_argument("--frames", type=positive, default=None, help="RGB frames (default: the model's own)")
+    p.add_argument("--height", type=positive, default=None, help="frame height in pixels (default: the model's own)")
+    p.add_argument("--width", type=positive, default=None, help="frame width in pixels (default: the model's own)")
+    p.add_argument("--fps", type=number(min=0, min_inclusive=False), default=8.0, help="frame rate of the written MP4 (default 8)")
     p.add_argument("--out", default=None,
                    help="output MP4 for one video (default generated.mp4); an existing directory for several")
-
-
-def parse_scale(flag: str, text: str) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UserError(f"{flag} must be a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise UserError(f"{flag} must be a finite number >= 0, got {text}")
-    return value
-
-
-def read_prompts(path: str) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
-    try:
-        lines = file.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"prompts file {path} is not UTF-8 text; write one prompt per line") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise UserError(f"prompts file {path} holds no prompt; write one prompt per line")
-    return prompts
 
 
 def resolve_cag_layers(values, recommendation, backbone) -> list[int]:
@@ -132,16 +108,14 @@ def plan_outputs(args, prompts: list[str]) -> list[tuple[str, int, Path]]:
     """(prompt, seed, output path) of every video; checked before any model is loaded."""
     seeds = list(dict.fromkeys(args.seed))
     if args.prompts_file is None and len(seeds) == 1:
-        out = Path(args.out or "generated.mp4")
-        if out.is_dir():
-            raise UserError(f"--out {out} is a directory; give a file name such as {out / 'video.mp4'}")
-        if not out.parent.exists():
-            raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
-        return [(prompts[0], seeds[0], out)]
+        try:
+            return [(prompts[0], seeds[0], check_output_file(args.out or "generated.mp4", (".mp4",)))]
+        except UserError as exc:
+            raise UserError(f"--out: {exc}") from None
     if args.out is None or not Path(args.out).is_dir():
         raise UserError(f"with several prompts or seeds, --out must be an existing directory "
                         f"(got {args.out or 'nothing'}); create it first")
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     return [(prompt, seed, out / f"{i:03d}-{_slug(prompt)}-seed{seed}.mp4")
             for i, prompt in enumerate(prompts) for seed in seeds]
 
@@ -149,10 +123,7 @@ def plan_outputs(args, prompts: list[str]) -> list[tuple[str, int, Path]]:
 def run(args):
     from difftrack.sampling import sample
 
-    cfg_scale = parse_scale("--cfg-scale", args.cfg_scale)
-    cag_scale = parse_scale("--cag-scale", args.cag_scale)
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    cfg_scale, cag_scale = args.cfg_scale, args.cag_scale
     if args.prompts_file is not None:
         prompts = read_prompts(args.prompts_file)
     elif not args.prompt.strip():
@@ -165,6 +136,7 @@ def run(args):
     if args.guidance == "cag":
         check_cag_support(backbone)
     layers = resolve_cag_layers(args.cag_layers, args.recommendation, backbone) if args.guidance == "cag" else []
+    backbone.check_prompt_words(prompts + [args.negative_prompt])
     guidance = GuidanceConfig(args.guidance, cfg_scale, cag_scale, tuple(layers),
                               tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)
     settings = {"guidance": args.guidance, "cfg_scale": cfg_scale, "cag_scale": cag_scale, "cag_layers": layers,

@@ -40,6 +40,7 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, read_video, write_json, write_video
 from difftrack.noising import NOISE_MODES
+from difftrack.options import check_output_dir, check_output_file, integer, number, output_dir, output_file, output_prefix, positive, seed
 
 DEFAULT_STEP = 40
 DEFAULT_SWEEP_STEPS = (10, 25, 40)
@@ -55,7 +56,7 @@ def add_arguments(p):
     f.add_argument("--video", required=True, help="input video (anything OpenCV reads)")
     f.add_argument("--kinds", nargs="+", default=["block"], metavar="KIND",
                    help="query, key, feature (attention output before to_out), block (block output); default block")
-    f.add_argument("--out", help="output .npz (default: next to the video, <stem>_features.npz)")
+    f.add_argument("--out", type=output_file(".npz"), help="output .npz (default: next to the video, <stem>_features.npz)")
     f.set_defaults(_probe=run_features)
 
     g = sub.add_parser("propagate", help="propagate first-frame masks / keypoints by feature similarity")
@@ -63,19 +64,19 @@ def add_arguments(p):
     _kind_arg(g)
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="input video; give --masks and/or --keypoints for its frame 0")
-    src.add_argument("--synthetic", type=int, metavar="N", help="score on N held-out generator videos instead")
+    src.add_argument("--synthetic", type=positive, metavar="N", help="score on N held-out generator videos instead")
     g.add_argument("--masks", help="frame-0 instance ids: label PNG, .npy or .npz (H, W), 0 = background")
     g.add_argument("--keypoints", help="frame-0 keypoints JSON: [[x, y], ...] or [{\"x\": .., \"y\": ..}, ...]")
     _propagation_args(g)
-    g.add_argument("--out", help="output prefix (default: next to the video <stem>_propagated, or "
+    g.add_argument("--out", type=output_prefix, help="output prefix (default: next to the video <stem>_propagated, or "
                                  "propagation_<model> for --synthetic)")
     g.set_defaults(_probe=run_propagate)
 
     c = sub.add_parser("compare", help="image versus video on every task at one block and noise step")
     c.add_argument("--video-model", default="tiny-video", help="the video model (default tiny-video)")
     c.add_argument("--image-model", default="tiny-image", help="its image twin (default tiny-image)")
-    c.add_argument("--block", type=int, default=None, help="block index (default: the middle block)")
-    c.add_argument("--noise-step", type=int, default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
+    c.add_argument("--block", type=integer(min=0), default=None, help="block index (default: the middle block)")
+    c.add_argument("--noise-step", type=integer(min=0), default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
     c.add_argument("--from-sweep", metavar="DIR",
                    help="take both models' records at --block / --noise-step from a sweep's sweep.json instead of "
                         "recomputing them (the setting flags are then read from the sweep)")
@@ -84,43 +85,43 @@ def add_arguments(p):
 
     s = sub.add_parser("sweep", help="block x noise-level tables and plots of every task")
     s.add_argument("--models", nargs="+", default=["tiny-video", "tiny-image"], help="models to sweep")
-    s.add_argument("--blocks", nargs="+", type=int, default=None, help="block indices (default: all)")
-    s.add_argument("--noise-steps", nargs="+", type=int, default=list(DEFAULT_SWEEP_STEPS),
+    s.add_argument("--blocks", nargs="+", type=integer(min=0), default=None, help="block indices (default: all)")
+    s.add_argument("--noise-steps", nargs="+", type=integer(min=0), default=list(DEFAULT_SWEEP_STEPS),
                    help=f"step indices (default {' '.join(map(str, DEFAULT_SWEEP_STEPS))})")
     _study_args(s)
     s.set_defaults(_probe=run_sweep)
 
     q = sub.add_parser("pictures", help="PCA-as-RGB and K-means cluster pictures of features per frame")
     q.add_argument("--models", nargs="+", default=["tiny-video", "tiny-image"], help="models to picture")
-    q.add_argument("--block", type=int, default=None, help="block index (default: the middle block)")
-    q.add_argument("--noise-step", type=int, default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
-    q.add_argument("--num-steps", type=int, default=50, help="length of the schedule --noise-step indexes")
+    q.add_argument("--block", type=integer(min=0), default=None, help="block index (default: the middle block)")
+    q.add_argument("--noise-step", type=integer(min=0), default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
+    q.add_argument("--num-steps", type=positive, default=50, help="length of the schedule --noise-step indexes")
     q.add_argument("--noise", choices=NOISE_MODES, default="add", help="add noise (default), clean, or invert")
-    q.add_argument("--seed", type=int, default=0, help="seed of the added noise and of K-means")
+    q.add_argument("--seed", type=seed, default=0, help="seed of the added noise and of K-means")
     _kind_arg(q)
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="input video")
     src.add_argument("--control", action="store_true", help="the camera-pans-over-a-uniform-brick-wall control clip")
-    src.add_argument("--synthetic", type=int, metavar="SEED", help="generator clip SEED")
-    q.add_argument("--frames", type=int, default=8, help="frames of generator clips (default 8)")
-    q.add_argument("--clusters", type=int, default=10, help="K of K-means (default 10)")
-    q.add_argument("--out", required=True, help="output directory")
+    src.add_argument("--synthetic", type=seed, metavar="SEED", help="generator clip SEED")
+    q.add_argument("--frames", type=integer(min=2), default=8, help="frames of generator clips (default 8)")
+    q.add_argument("--clusters", type=positive, default=10, help="K of K-means (default 10)")
+    q.add_argument("--out", required=True, type=output_dir, help="output directory")
     q.set_defaults(_probe=run_pictures)
 
 
 def _model_args(p, multi_block: bool = False):
     p.add_argument("--model", default=DEFAULT_BACKBONE, help="registry name, hub id or local dir")
     if multi_block:
-        p.add_argument("--block", nargs="+", type=int, required=True, help="block index(es), 0-based")
+        p.add_argument("--block", nargs="+", type=integer(min=0), required=True, help="block index(es), 0-based")
     else:
-        p.add_argument("--block", type=int, default=None, help="block index, 0-based (default: the middle block)")
-    p.add_argument("--noise-step", type=int, default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
-    p.add_argument("--num-steps", type=int, default=50, help="length of the schedule --noise-step indexes (default 50)")
+        p.add_argument("--block", type=integer(min=0), default=None, help="block index, 0-based (default: the middle block)")
+    p.add_argument("--noise-step", type=integer(min=0), default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
+    p.add_argument("--num-steps", type=positive, default=50, help="length of the schedule --noise-step indexes (default 50)")
     p.add_argument("--noise", choices=NOISE_MODES, default="add", help="add noise (default), clean, or invert")
-    p.add_argument("--seed", type=int, default=0, help="seed of the added noise")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the added noise")
     p.add_argument("--per-frame", action=argparse.BooleanOptionalAction, default=None,
                    help="one forward per frame (default: exactly for image models)")
-    p.add_argument("--window", type=int, default=None, help="frames per forward of a video model (default: its own)")
+    p.add_argument("--window", type=integer(min=2), default=None, help="frames per forward of a video model (default: its own)")
 
 
 def _kind_arg(p):
@@ -129,31 +130,31 @@ def _kind_arg(p):
 
 
 def _propagation_args(p):
-    p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default 0.1)")
-    p.add_argument("--topk", type=int, default=None, help="most similar context tokens kept (default 15)")
-    p.add_argument("--radius", type=float, default=None,
+    p.add_argument("--temperature", type=number(min=0, min_inclusive=False), default=None, help="softmax temperature (default 0.1)")
+    p.add_argument("--topk", type=positive, default=None, help="most similar context tokens kept (default 15)")
+    p.add_argument("--radius", type=number(min=0, min_inclusive=False), default=None,
                    help="spatial radius in tokens (default 3 for masks, 2 for keypoints: the seeds' 10 / 5 scaled "
                         "to a 16-token grid)")
-    p.add_argument("--context", type=int, default=None,
+    p.add_argument("--context", type=integer(min=0), default=None,
                    help="previous frames used besides frame 0 (default 3: the seeds' 28 / 14 scaled to 8 frames)")
 
 
 def _study_args(p):
     from difftrack.probe.tasks import TASKS
 
-    p.add_argument("--num-steps", type=int, default=50, help="length of the schedule the steps index (default 50)")
+    p.add_argument("--num-steps", type=positive, default=50, help="length of the schedule the steps index (default 50)")
     p.add_argument("--noise", choices=NOISE_MODES, default="add", help="add noise (default), clean, or invert")
-    p.add_argument("--seed", type=int, default=0, help="seed of the added noise")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the added noise")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"subset of {', '.join(TASKS)}")
     _kind_arg(p)
-    p.add_argument("--eval-videos", type=int, default=6, help="held-out generator videos scored (default 6)")
-    p.add_argument("--train-videos", type=int, default=24, help="generator videos the probe trains on (default 24)")
-    p.add_argument("--eval-seed-start", type=int, default=EVAL_SEED_START,
+    p.add_argument("--eval-videos", type=positive, default=6, help="held-out generator videos scored (default 6)")
+    p.add_argument("--train-videos", type=integer(min=0), default=24, help="generator videos the probe trains on (default 24)")
+    p.add_argument("--eval-seed-start", type=seed, default=EVAL_SEED_START,
                    help=f"first held-out video seed (default {EVAL_SEED_START})")
-    p.add_argument("--train-seed-start", type=int, default=0, help="first training video seed (default 0)")
-    p.add_argument("--frames", type=int, default=8, help="frames per generator video (default 8)")
+    p.add_argument("--train-seed-start", type=seed, default=0, help="first training video seed (default 0)")
+    p.add_argument("--frames", type=integer(min=2), default=8, help="frames per generator video (default 8)")
     _propagation_args(p)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, type=output_dir, help="output directory")
 
 
 def run(args):
@@ -165,15 +166,12 @@ def run(args):
 @contextlib.contextmanager
 def staged_dir(out: Path):
     """Yield a temporary directory next to ``out``; move its files into ``out`` only if the block succeeds."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; choose another --out")
-    if not out.parent.exists():
-        raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    out = check_output_dir(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=existing))
     try:
         yield tmp
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         for f in sorted(tmp.iterdir()):
             os.replace(f, out / f.name)
     finally:
@@ -193,12 +191,6 @@ def _check_study(args):
 
     for step in ([args.noise_step] if hasattr(args, "noise_step") else args.noise_steps):
         check_step(step, args.num_steps)
-    if args.eval_videos < 1:
-        raise UserError(f"--eval-videos must be at least 1, got {args.eval_videos}")
-    if args.train_videos < 0:
-        raise UserError(f"--train-videos must be at least 0, got {args.train_videos}")
-    if args.frames < 2:
-        raise UserError(f"--frames must be at least 2, got {args.frames}")
     train = set(range(args.train_seed_start, args.train_seed_start + args.train_videos))
     held_out = set(range(args.eval_seed_start, args.eval_seed_start + args.eval_videos))
     if train & held_out:
@@ -247,9 +239,8 @@ def run_features(args):
     from difftrack.probe.features import FeatureSpec, check_spec, extract_features
 
     video, _ = read_video(args.video)
-    out = Path(args.out) if args.out else Path(args.video).with_name(Path(args.video).stem + "_features.npz")
-    if not out.parent.exists():
-        raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
+    out = Path(args.out) if args.out else check_output_file(
+        Path(args.video).with_name(Path(args.video).stem + "_features.npz"))
     backbone = _load(args.model)
     spec = FeatureSpec(blocks=tuple(args.block), kinds=tuple(args.kinds), step=args.noise_step,
                        num_steps=args.num_steps, noise=args.noise, seed=args.seed, per_frame=args.per_frame,
@@ -346,9 +337,8 @@ def run_propagate(args):
     for cfg, used in ((mask_cfg, label_map is not None), (kp_cfg, points is not None)):
         if used:
             check_config(cfg, len(video))
-    out = Path(args.out) if args.out else Path(args.video).with_name(Path(args.video).stem + "_propagated")
-    if not out.parent.exists():
-        raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
+    out = Path(args.out) if args.out else check_output_file(
+        Path(args.video).with_name(Path(args.video).stem + "_propagated"), prefix=True)
     backbone = _load(args.model)
     block = _block(backbone, args.block)
     spec = FeatureSpec(blocks=(block,), kinds=(args.kind,), step=args.noise_step, num_steps=args.num_steps,
@@ -376,13 +366,9 @@ def _propagate_synthetic(args, mask_cfg, kp_cfg):
     from difftrack.probe.propagation import check_config
     from difftrack.probe.tasks import TaskOptions, evaluate_grid, make_clips
 
-    if args.synthetic < 1:
-        raise UserError(f"--synthetic must be at least 1 video, got {args.synthetic}")
     for cfg in (mask_cfg, kp_cfg):
         check_config(cfg, SYNTHETIC_FRAMES)
-    out = Path(args.out or f"propagation_{args.model.replace('/', '_')}").with_suffix(".json")
-    if not out.parent.exists():
-        raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
+    out = check_output_file(Path(args.out or f"propagation_{args.model.replace('/', '_')}").with_suffix(".json"))
     backbone = _load(args.model)
     block = _block(backbone, args.block)
     backbone.check_layers([block])

@@ -19,23 +19,24 @@ import numpy as np
 
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, write_video
+from difftrack.options import integer, number, output_file, positive, seed
 
 PHOTO_SEARCH = 2000  # seeds tried after --seed to find an all-photograph clip
 
 
 def add_arguments(p):
-    p.add_argument("out", help="output video path (.mp4); ground truth goes to <stem>_gt.npz/.json beside it")
-    p.add_argument("--seed", type=int, default=0, help="scene seed (same seed, same clip)")
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--size", type=int, default=256, help="frame height and width in pixels")
-    p.add_argument("--grid", type=int, default=10, help="ground truth for an N x N grid of frame-0 points")
+    p.add_argument("out", type=output_file(".mp4"), help="output video path (.mp4); ground truth goes to <stem>_gt.npz/.json beside it")
+    p.add_argument("--seed", type=seed, default=0, help="scene seed (same seed, same clip)")
+    p.add_argument("--frames", type=integer(min=2), default=24, help="number of frames (default 24)")
+    p.add_argument("--size", type=integer(min=16), default=256, help="frame height and width in pixels (default 256)")
+    p.add_argument("--grid", type=positive, default=10, help="ground truth for an N x N grid of frame-0 points")
     p.add_argument("--photo", action="store_true",
                    help="use the first scene from --seed on with two or more photograph sprites that stay in view, "
                         "over a photograph wall")
-    p.add_argument("--speed", type=float, default=None,
+    p.add_argument("--speed", type=number(min=0, min_inclusive=False), default=None,
                    help="scale of all motion (default: drawn per scene from 0.6-1.8, like a random frame stride)")
     p.add_argument("--control", action="store_true", help="sprite-free camera pan over a uniform brick wall")
-    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--fps", type=number(min=0, min_inclusive=False), default=8.0, help="frame rate (default 8)")
 
 
 def photo_seed(start: int, frames: int, speed: float | None) -> int:
@@ -54,11 +55,7 @@ def run(args):
     from difftrack.commands.track import grid_queries
     from difftrack.data.synthetic import generate_clip
 
-    if args.frames < 2 or args.size < 16:
-        raise UserError(f"--frames must be >= 2 and --size >= 16, got {args.frames} and {args.size}")
     out = Path(args.out)
-    if not out.parent.exists():
-        raise UserError(f"output directory {out.parent} does not exist; create it first")
     seed = photo_seed(args.seed, args.frames, args.speed) if args.photo else args.seed
     clip = generate_clip(seed, num_frames=args.frames, height=args.size, width=args.size, speed=args.speed,
                          control=args.control)

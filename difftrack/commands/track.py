@@ -27,14 +27,19 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, check_points, load_points, read_video, write_video
 from difftrack.noising import NOISE_MODES
+from difftrack.options import check_output_file, integer, number, output_prefix, seed
+
+
+DEFAULT_GRID = 8
 
 
 def add_arguments(p):
     p.add_argument("video", help="input video file (mp4, avi, ... anything OpenCV reads)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--points", help="JSON file of query points (t, x, y) in pixels")
-    src.add_argument("--grid", type=int, metavar="N", help="query an N x N grid of points on --grid-frame")
-    p.add_argument("--grid-frame", type=int, default=0, help="frame of the --grid queries (default 0)")
+    src.add_argument("--grid", type=integer(min=1), metavar="N",
+                     help=f"query an N x N grid of points on --grid-frame (default without --points: {DEFAULT_GRID})")
+    p.add_argument("--grid-frame", type=integer(min=0), default=0, help="frame of the --grid queries (default 0)")
     p.add_argument("--model", default=DEFAULT_BACKBONE,
                    help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE}; see `difftrack models`)")
     p.add_argument("--layers", nargs="+", default=None, metavar="L",
@@ -42,23 +47,21 @@ def add_arguments(p):
                         "default: the model's own tracking layers")
     p.add_argument("--recommendation", help="recommendation.json (or its analysis directory) for --layers auto; "
                                             "default: the one shipped with the model, if any")
-    p.add_argument("--steps", nargs="+", type=int, default=None,
+    p.add_argument("--steps", nargs="+", type=integer(min=0), default=None,
                    help="denoising step indices to read (of --num-steps); several are averaged")
-    p.add_argument("--num-steps", type=int, default=None, help="length of the sampler schedule the steps index")
+    p.add_argument("--num-steps", type=integer(min=1), default=None, help="length of the sampler schedule the steps index")
     p.add_argument("--noise", choices=NOISE_MODES, default="add",
                    help="add noise at the step (default), feed clean latents, or invert to the step")
-    p.add_argument("--window", type=int, default=None, help="frames per forward (default: the model's window)")
+    p.add_argument("--window", type=integer(min=2), default=None, help="frames per forward (default: the model's window)")
     p.add_argument("--no-bidirectional", action="store_true", help="match one direction only (C[s->j])")
-    p.add_argument("--cycle-threshold", type=float, default=None,
+    p.add_argument("--cycle-threshold", type=number(min=0), default=None,
                    help="forward-backward error in tokens above which a point is called occluded")
-    p.add_argument("--seed", type=int, default=0, help="seed of the added noise")
-    p.add_argument("--out", help="output path prefix (default: next to the video, <stem>_tracks)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the added noise")
+    p.add_argument("--out", type=output_prefix, help="output path prefix (default: next to the video, <stem>_tracks)")
     p.add_argument("--no-video", action="store_true", help="skip the overlay MP4")
 
 
 def grid_queries(n: int, frame: int, height: int, width: int) -> np.ndarray:
-    if n < 1:
-        raise UserError(f"--grid must be at least 1, got {n}")
     ys, xs = np.meshgrid((np.arange(n) + 0.5) / n * height, (np.arange(n) + 0.5) / n * width, indexing="ij")
     return np.stack([np.full(n * n, frame, np.float32), xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
 
@@ -88,11 +91,9 @@ def run(args):
     else:
         if not 0 <= args.grid_frame < num_frames:
             raise UserError(f"--grid-frame {args.grid_frame} is out of range; the video has frames 0..{num_frames - 1}")
-        queries = grid_queries(args.grid or 8, args.grid_frame, height, width)
+        queries = grid_queries(args.grid or DEFAULT_GRID, args.grid_frame, height, width)
     check_points(queries, num_frames, height, width)
-    out = Path(args.out) if args.out else Path(args.video).with_name(Path(args.video).stem + "_tracks")
-    if not out.parent.exists():
-        raise UserError(f"output directory {out.parent} does not exist; create it or choose another --out")
+    out = Path(args.out) if args.out else check_output_file(Path(args.video).with_name(Path(args.video).stem + "_tracks"), prefix=True)
 
     backbone = difftrack.create_backbone(args.model)
     layers, rec_steps, rec_num_steps = resolve_layers(args.layers, args.recommendation, backbone)

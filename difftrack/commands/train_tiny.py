@@ -8,28 +8,31 @@ from __future__ import annotations
 
 import json
 
+from difftrack.options import integer, number, output_dir, positive, seed
+
 
 def add_arguments(parser):
-    parser.add_argument("--out", required=True, help="directory for the final model (loadable with --model DIR)")
-    parser.add_argument("--run-dir", required=True, help="directory for checkpoints (resume from here)")
-    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps")
-    parser.add_argument("--batch", type=int, default=4, help="clips per step")
-    parser.add_argument("--frames", type=int, default=8,
+    parser.add_argument("--out", required=True, type=output_dir, help="directory for the final model (loadable with --model DIR)")
+    parser.add_argument("--run-dir", required=True, type=output_dir, help="directory for checkpoints (resume from here)")
+    parser.add_argument("--steps", type=positive, default=3000, help="optimiser steps (default 3000)")
+    parser.add_argument("--batch", type=positive, default=4, help="clips per step (default 4)")
+    parser.add_argument("--frames", type=positive, default=8,
                         help="frames per clip: the model's temporal window (RoPE positions) at inference")
-    parser.add_argument("--sample-frames", type=int, default=4,
+    parser.add_argument("--sample-frames", type=positive, default=4,
                         help="frames of each clip trained on per step, a random sorted subset at their own "
                              "temporal positions (attention cost grows with its square)")
     parser.add_argument("--image-twin", action="store_true",
                         help="train the image twin: every frame of every clip is its own one-frame sample")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (multiple of 4)")
-    parser.add_argument("--lr", type=float, default=8e-4)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=positive, default=6, help="transformer blocks (default 6)")
+    parser.add_argument("--heads", type=positive, default=4, help="attention heads (default 4)")
+    parser.add_argument("--head-dim", type=integer(min=2), default=32, help="channels per head, even (default 32)")
+    parser.add_argument("--size", type=integer(min=4), default=64, help="frame side in pixels, a multiple of 4 (default 64)")
+    parser.add_argument("--lr", type=number(min=0, min_inclusive=False), default=8e-4, help="peak learning rate (default 8e-4)")
+    parser.add_argument("--warmup", type=integer(min=0), default=200, help="linear warm-up steps (default 200)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of weights, clips and noise (default 0)")
     parser.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
-    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    parser.add_argument("--checkpoint-minutes", type=number(min=0, min_inclusive=False), default=4.0,
+                        help="minutes between checkpoints (default 4)")
 
 
 def run(args):

@@ -1,0 +1,143 @@
+"""Option types shared by every command and benchmark: each checks its value when the arguments are
+parsed, so that a bad value is one `error:` line (exit 2) before a model loads or a file is written.
+
+Use them as argparse ``type=`` callables::
+
+    p.add_argument("--grid", type=integer(min=1))
+    p.add_argument("--lr", type=number(min=0, min_inclusive=False))
+    p.add_argument("--out", type=output_file(".mp4"))
+    p.add_argument("--run-dir", type=output_dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from difftrack.errors import UserError
+
+MAX_SEED = 2**63 - 1
+
+
+def _bounds(min, max, min_inclusive=True) -> str:
+    lower = None if min is None else (f">= {min:g}" if min_inclusive else f"> {min:g}")
+    upper = None if max is None else f"<= {max:g}"
+    return " and ".join(b for b in (lower, upper) if b)
+
+
+def integer(min: int | None = None, max: int | None = None):
+    """An int in [min, max] (either bound optional)."""
+    wanted = "an integer" + (f" {_bounds(min, max)}" if min is not None or max is not None else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if (min is not None and value < min) or (max is not None and value > max):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its own messages
+    return parse
+
+
+def number(min: float | None = None, max: float | None = None, min_inclusive: bool = True):
+    """A finite float in [min, max] (or (min, max] with ``min_inclusive=False``)."""
+    wanted = "a finite number" + (f" {_bounds(min, max, min_inclusive)}" if min is not None or max is not None else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        too_low = min is not None and (value < min if min_inclusive else value <= min)
+        if not math.isfinite(value) or too_low or (max is not None and value > max):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+seed = integer(min=0, max=MAX_SEED)
+positive = integer(min=1)
+
+
+def writable_directory_problem(directory: Path) -> str | None:
+    """Why files cannot be created in ``directory`` or in what it would be created under, else None.
+
+    The nearest existing ancestor is probed by creating (and removing) a file in it: permission bits
+    say nothing for root or on a read-only mount, a real attempt does.
+    """
+    existing = directory
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".difftrack-write-check-", dir=existing)
+    except OSError as exc:
+        return f"cannot write in {existing} ({exc.strerror or exc})"
+    os.close(fd)
+    os.remove(probe)
+    return None
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] = (), prefix: bool = False,
+                      new_parent: bool = False) -> Path:
+    """An output file (or, with ``prefix``, a file-name prefix) in an existing, writable directory, or
+    with ``new_parent`` in one that the caller will create."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserError(f"{path} must end in {' or '.join(suffixes)}")
+    if path.is_dir() and not prefix:
+        raise UserError(f"{path} is a directory; give a file name inside it")
+    if not new_parent and not path.parent.exists():
+        raise UserError(f"directory {path.parent} does not exist; create it first")
+    problem = writable_directory_problem(path.parent)
+    if problem:
+        raise UserError(problem)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """A directory that exists or can be created, and can be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a directory")
+    problem = writable_directory_problem(path)
+    if problem:
+        raise UserError(problem)
+    return path
+
+
+def _option_type(check, name: str):
+    """An argparse ``type=`` callable from a check that raises UserError; the value stays the text given."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    parse.__name__ = name
+    return parse
+
+
+def output_file(*suffixes: str, new_parent: bool = False):
+    """argparse type: an output file in an existing, writable directory (or, with ``new_parent``, one
+    that can be created), ending in one of ``suffixes`` if given."""
+    return _option_type(lambda text: check_output_file(text, suffixes, new_parent=new_parent), "output file")
+
+
+output_prefix = _option_type(lambda text: check_output_file(text, prefix=True), "output prefix")
+output_prefix.__doc__ = "argparse type: a prefix of output files (PREFIX.npz, PREFIX.json, ...) in a writable directory."
+output_dir = _option_type(check_output_dir, "output directory")
+output_dir.__doc__ = "argparse type: a directory that exists or can be created, and can be written."
