@@ -1,21 +1,23 @@
 """Zero-shot point tracking from the query-key matching inside a video DiT's 3D attention.
 
 Pipeline per video: resize to the backbone's working size -> encode every RGB frame as its own latent
-frame (1:1 frame mapping) -> for each query frame ("anchor"), split the other frames into chunks that
-each span the whole video (interval = number of chunks, as in the authors' release) and put the anchor
-in every chunk -> one forward per chunk at the chosen step, stopping after the last needed layer, with
-one (empty-prompt) branch -> costs from the fused kernel with descriptors of all chosen layers and
-steps stacked as heads (so the head-averaged cost is the average over layers and steps too) ->
-sub-token soft-argmax -> occlusion from forward-backward cycle consistency and peak confidence.
+frame (1:1 frame mapping) -> cut the video into windows of ``window`` frames that overlap by one frame
+-> per window one forward per (step, noise draw), stopping after the last needed layer, with one
+(empty-prompt) branch; its q/k serve every query inside the window -> costs from the fused kernel with
+the descriptors of all chosen layers, steps and noise draws stacked as heads (so the head-averaged cost
+is the ensemble average) -> per frame the K best tokens at sub-token soft-argmax positions -> a Viterbi
+pass over them with a motion prior and an occluded state (``temporal="viterbi"``; ``"none"`` keeps the
+per-frame argmax) -> the track's end in the window's last frame starts it in the next window (chaining).
+A second pass runs the windows in reverse for the frames before each query's frame. Forwards grow with
+T / window, whatever the queries; a query's result never depends on the other queries.
 
-Matching from the anchor straight to every frame tracks forward and backward in time alike, and a
-query's result never depends on the other queries.
+Occlusion: the Viterbi occluded state, forward-backward cycle consistency (matching each predicted
+position back into the frame the window's segment started from) and peak confidence together.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from difftrack.backbones import Backbone, create_backbone
 from difftrack.capture import DescriptorCapture
+from difftrack.decoding import MotionModel, viterbi_decode
 from difftrack.errors import UserError
 from difftrack.io import check_points
 from difftrack.kernels import match
@@ -40,6 +43,9 @@ def calibration_key(model_name: str) -> str:
     return model_name.strip("/").replace("/", "--")
 
 
+TEMPORAL_MODES = ("viterbi", "none")
+
+
 @dataclass
 class TrackerConfig:
     """Everything that decides a tracking result (also written into the output's ``meta``)."""
@@ -48,9 +54,17 @@ class TrackerConfig:
     steps: list[int] | None = None  # step indices into a schedule of ``num_steps``; None: backbone default
     num_steps: int | None = None
     noise: str = "add"
+    noise_draws: int = 1  # independent noise draws whose costs are averaged (with noise "add")
     window: int | None = None  # frames per forward; None: the backbone's trained window
-    refine_window: int = 1  # soft-argmax radius in tokens around the peak
+    # Sub-token position: 0 keeps the point's own place inside its matched token (calibrated on generator seeds
+    # 500000-500011, better than soft-argmax for tiny-video); r >= 1 soft-argmax in a (2r+1)^2-token window.
+    refine_window: int = 0
     bidirectional: bool = True  # average C[s->j] with C[j->s]^T
+    temporal: str = "viterbi"  # "viterbi": HMM over candidates with a motion prior; "none": per-frame argmax
+    candidates: int = 256  # tokens per frame the Viterbi pass chooses from (all of them on small grids)
+    motion_sigma: float = 2.0  # tokens per frame (calibrated on generator seeds 500000-500011)
+    emission_weight: float = 1.0  # weight of log(cost) against the motion prior
+    occluded_log_cost: float = -6.0
     cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
     peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
     seed: int = 0
@@ -65,18 +79,26 @@ UNCALIBRATED = {"cycle_threshold": 1.5, "peak_threshold": 0.0}
 class TrackerStats:
     forwards: int = 0
     layers_run: int = 0
-    chunks: list[list[int]] = field(default_factory=list)
+    windows: list[list[int]] = field(default_factory=list)
 
 
-def anchored_chunks(anchor: int, num_frames: int, window: int) -> list[list[int]]:
-    """Frame sets of the forwards for one anchor: the anchor plus every n-th other frame (n = chunks)."""
+def frame_windows(num_frames: int, window: int) -> list[list[int]]:
+    """Windows of ``window`` consecutive frames, each starting on the last frame of the one before
+    (the last window ends on the last frame), covering the video."""
     if window < 2:
         raise UserError(f"the tracking window must hold at least 2 frames, got {window}")
-    others = [f for f in range(num_frames) if f != anchor]
-    if not others:
-        return [[anchor]]
-    n = math.ceil(len(others) / (window - 1))
-    return [sorted([anchor] + others[k::n]) for k in range(n)]
+    if num_frames <= window:
+        return [list(range(num_frames))]
+    starts = list(range(0, num_frames - window, window - 1)) + [num_frames - window]
+    return [list(range(a, a + window)) for a in starts]
+
+
+def frame_noise(shape, frames: list[int], seed: int, draw: int = 0) -> torch.Tensor:
+    """Noise (1, F, C, h, w) for latent ``frames``, each frame drawn from its own (seed, draw, frame)
+    generator: the same whatever the window, the video length or the queries (so online = offline)."""
+    per_frame = shape[2:]
+    return torch.stack([torch.randn(per_frame, generator=torch.Generator().manual_seed(
+        ((seed * 1_000_003 + draw) * 1_000_033 + f) % 2**63)) for f in frames])[None]
 
 
 def sample_descriptors(desc: torch.Tensor, points_tok: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -146,6 +168,11 @@ class DiffTracker:
             raise UserError(f"unknown noise mode {cfg.noise!r}; choose one of {', '.join(NOISE_MODES)}")
         if cfg.window is None:
             cfg.window = bb.max_frames
+        if cfg.temporal not in TEMPORAL_MODES:
+            raise UserError(f"unknown temporal mode {cfg.temporal!r}; choose one of {', '.join(TEMPORAL_MODES)}")
+        if cfg.noise_draws < 1 or cfg.candidates < 1 or not cfg.motion_sigma > 0:
+            raise UserError("noise_draws and candidates must be at least 1 and motion_sigma positive, got "
+                            f"{cfg.noise_draws}, {cfg.candidates} and {cfg.motion_sigma}")
         self.config = cfg
         self.stats = TrackerStats()
         self._empty_prompt = None
@@ -162,30 +189,48 @@ class DiffTracker:
         num_frames, height, width = video.shape[:3]
         check_points(queries, num_frames, height, width)
         latents, geometry = self._encode(video)
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(self.config.seed)).to(latents)
+        state = TrackState.start(queries, geometry, num_frames)
+        windows = frame_windows(num_frames, self.config.window)
+        self.stats.windows = windows
+        passes = [(windows, +1)]
+        if (queries[:, 0] > 0).any():
+            passes.append((windows[::-1], -1))
+        bar = tqdm(total=sum(len(w) for w, _ in passes), desc="tracking", unit="window", disable=not progress)
+        for ordered, direction in passes:
+            state.restart()
+            for frames in ordered:
+                self.track_window(latents[:, frames], geometry, frames, direction, state)
+                bar.update(1)
+        bar.close()
+        self.diagnostics = {"cycle_error": state.cycle_error, "peak": state.peak}
+        visible = ~state.hidden & self.occlusion_call(state.cycle_error, state.peak)
+        rows = np.arange(len(queries))
+        state.tracks[queries[:, 0].astype(int), rows] = queries[:, 1:]
+        visible[queries[:, 0].astype(int), rows] = True
+        return state.tracks, visible
 
-        tracks = np.zeros((num_frames, len(queries), 2), np.float32)
-        visible = np.zeros((num_frames, len(queries)), bool)
-        # Per (frame, point) evidence behind the visibility call, kept for calibration and inspection.
-        self.diagnostics = {"cycle_error": np.zeros((num_frames, len(queries)), np.float32),
-                            "peak": np.ones((num_frames, len(queries)), np.float32)}
-        anchors = sorted({int(t) for t in queries[:, 0]})
-        jobs = [(a, c) for a in anchors for c in anchored_chunks(a, num_frames, self.config.window)]
-        self.stats.chunks = [c for _, c in jobs]
-        for anchor, chunk in tqdm(jobs, desc="tracking", unit="forward", disable=not progress):
-            idx = np.nonzero(queries[:, 0] == anchor)[0]
-            xy_tok = torch.from_numpy(geometry.pixel_to_token(queries[idx, 1:])).float()
-            pos, cycle_error, peak = self._track_chunk(latents, noise, geometry, anchor, chunk, xy_tok)
-            for j, f in enumerate(chunk):
-                if f == anchor:
-                    continue
-                tracks[f, idx] = geometry.token_to_pixel(pos[:, j].numpy())
-                self.diagnostics["cycle_error"][f, idx] = cycle_error[:, j].numpy()
-                self.diagnostics["peak"][f, idx] = peak[:, j].numpy()
-        visible = self.occlusion_call(self.diagnostics["cycle_error"], self.diagnostics["peak"])
-        tracks[queries[:, 0].astype(int), np.arange(len(queries))] = queries[:, 1:]
-        visible[queries[:, 0].astype(int), np.arange(len(queries))] = True
-        return tracks, visible
+    def track_window(self, window_latents, geometry, frames: list[int], direction: int, state: "TrackState") -> None:
+        """Extend every track whose current end lies in ``frames`` (and has frames left there in ``direction``)
+        to the window's far end; ``window_latents`` are the latents of ``frames``. Skips the forward when no
+        track needs the window."""
+        first, last = (frames[0], frames[-1]) if direction > 0 else (frames[-1], frames[0])
+        ends = state.end_frame
+        active = np.nonzero((ends >= min(frames)) & (ends <= max(frames)) & (ends != last))[0]
+        if not len(active):
+            return
+        q_all, k_all = self._descriptors(window_latents, frames)
+        for start_frame in sorted(set(ends[active].tolist())):
+            idx = active[ends[active] == start_frame]
+            targets = list(range(start_frame + direction, last + direction, direction))
+            xy, hidden, cycle_error, peak = self._extend(q_all, k_all, geometry, frames, start_frame, targets,
+                                                        torch.from_numpy(state.end_xy[idx]))
+            for j, f in enumerate(targets):
+                state.tracks[f, idx] = geometry.token_to_pixel(xy[:, j].numpy())
+                state.hidden[f, idx] = hidden[:, j].numpy()
+                state.cycle_error[f, idx] = cycle_error[:, j].numpy()
+                state.peak[f, idx] = peak[:, j].numpy()
+            state.end_frame[idx] = last
+            state.end_xy[idx] = xy[:, -1].numpy()
 
     def meta(self) -> dict:
         return {"model": self.backbone.name, **asdict(self.config),
@@ -207,50 +252,186 @@ class DiffTracker:
                                frame_as_latent=True, rgb_frames=num_frames)
         return latents, geometry
 
-    def _descriptors(self, latents, noise, chunk):
-        """Stack q/k of every chosen (layer, step) along the head axis: (H_total, F_chunk * P, D)."""
+    def _descriptors(self, window_latents, frames: list[int]):
+        """q/k of every chosen (layer, step, noise draw) of one window, stacked along the head axis:
+        (H_total, F_window * P, D)."""
         cfg, bb = self.config, self.backbone
         qs, ks = [], []
-        for step in cfg.steps:
-            x, t = prepare_latents(bb, latents[:, chunk], cfg.noise, step, cfg.num_steps, noise[:, chunk],
-                                   self._empty_prompt)
-            with DescriptorCapture(bb, cfg.layers, early_exit=True) as cap:
-                cap.run(bb.predict, x, t, self._empty_prompt)
-            self.stats.forwards += 1
-            self.stats.layers_run += max(cfg.layers) + 1
-            for layer in cfg.layers:
-                d = cap.results[(layer, 0)]
-                qs.append(d.query[0])
-                ks.append(d.key[0])
+        for draw in range(cfg.noise_draws):
+            noise = frame_noise(window_latents.shape, frames, cfg.seed, draw).to(window_latents)
+            for step in cfg.steps:
+                x, t = prepare_latents(bb, window_latents, cfg.noise, step, cfg.num_steps, noise, self._empty_prompt)
+                with DescriptorCapture(bb, cfg.layers, early_exit=True) as cap:
+                    cap.run(bb.predict, x, t, self._empty_prompt)
+                self.stats.forwards += 1
+                self.stats.layers_run += max(cfg.layers) + 1
+                for layer in cfg.layers:
+                    d = cap.results[(layer, 0)]
+                    qs.append(d.query[0])
+                    ks.append(d.key[0])
+            if cfg.noise != "add":
+                break  # clean and inverted latents do not depend on a noise draw
         return torch.cat(qs), torch.cat(ks)
 
-    def _track_chunk(self, latents, noise, geometry, anchor, chunk, xy_tok):
+    def _extend(self, q_all, k_all, geometry, frames, start_frame, targets, start_xy):
+        """Positions (n, F_t, 2) in token units, hidden (n, F_t), cycle error and peak on the ``targets``
+        frames of a window, for tracks at ``start_xy`` (n, 2) on ``start_frame``."""
         cfg = self.config
         grid = (geometry.grid_h, geometry.grid_w)
         tokens = geometry.tokens_per_frame
-        q_all, k_all = self._descriptors(latents, noise, chunk)
-        src = chunk.index(anchor)
-        frame_q = q_all[:, src * tokens:(src + 1) * tokens]
-        query = sample_descriptors(frame_q, xy_tok, grid)
+        src = frames.index(start_frame)
+        local = [frames.index(f) for f in targets]
+        query = sample_descriptors(q_all[:, src * tokens:(src + 1) * tokens], start_xy, grid)
         reverse = None
         if cfg.bidirectional:
-            reverse = (q_all, torch.from_numpy(geometry.nearest_token(geometry.token_to_pixel(xy_tok.numpy()))))
-        fwd = match(query, k_all, grid, src, reverse=reverse, window=cfg.refine_window, backend=cfg.backend)
-        pos = fwd.refined.float()  # (n, F_chunk, 2) token units
+            nearest = geometry.nearest_token(geometry.token_to_pixel(start_xy.numpy()))
+            reverse = (q_all, torch.from_numpy(nearest).to(q_all.device))
+        fwd = match(query, k_all, grid, src, reverse=reverse, window=cfg.refine_window, backend=cfg.backend,
+                    candidates=cfg.candidates if cfg.temporal == "viterbi" else 0)
+        start_xy = start_xy.to(q_all.device)
+        # Without a soft-argmax a match is a token centre; the point keeps its own place inside the token.
+        offset = 0.0 if cfg.refine_window else (start_xy - start_xy.floor() - 0.5)
+        if cfg.temporal == "viterbi":
+            model = MotionModel(sigma=cfg.motion_sigma, emission_weight=cfg.emission_weight,
+                                occluded_log_cost=cfg.occluded_log_cost)
+            positions = fwd.candidate_refined[:, local].float() + (offset[:, None, None] if cfg.refine_window == 0
+                                                                  else 0.0)
+            xy, hidden = viterbi_decode(start_xy, positions, fwd.candidate_cost[:, local].float(), model)
+        else:
+            xy = fwd.refined[:, local].float() + (offset[:, None] if cfg.refine_window == 0 else 0.0)
+            hidden = torch.zeros(xy.shape[:2], dtype=torch.bool, device=xy.device)
+        peak = fwd.peak[:, local].float()
 
-        # Forward-backward cycle: from each predicted position, match back into the anchor frame.
-        n, nf = pos.shape[:2]
-        back_queries = torch.cat([sample_descriptors(q_all[:, j * tokens:(j + 1) * tokens], pos[:, j], grid)
-                                  for j in range(nf)], dim=1)  # (H, nf * n, D), frame-major
-        anchor_keys = k_all[:, src * tokens:(src + 1) * tokens]
-        back = match(back_queries, anchor_keys, grid, 0, window=cfg.refine_window, backend=cfg.backend)
-        back_pos = back.refined[:, 0].float().view(nf, n, 2).transpose(0, 1)
-        cycle_error = (back_pos - xy_tok[:, None]).norm(dim=-1)
-        return pos, cycle_error, fwd.peak.float()
+        # Forward-backward cycle: from each predicted position, match back into the segment's start frame.
+        n, nf = xy.shape[:2]
+        back_queries = torch.cat([sample_descriptors(q_all[:, j * tokens:(j + 1) * tokens], xy[:, i], grid)
+                                  for i, j in enumerate(local)], dim=1)  # (H, nf * n, D), frame-major
+        start_keys = k_all[:, src * tokens:(src + 1) * tokens]
+        back = match(back_queries, start_keys, grid, 0, window=cfg.refine_window, backend=cfg.backend)
+        back_xy = back.refined[:, 0].float().view(nf, n, 2).transpose(0, 1)
+        cycle_error = (back_xy - start_xy[:, None].to(back_xy) + (offset[:, None] if cfg.refine_window == 0 else 0.0)
+                       ).norm(dim=-1)
+        return xy.cpu(), hidden.cpu(), cycle_error.cpu(), peak.cpu()
 
     def occlusion_call(self, cycle_error: np.ndarray, peak: np.ndarray) -> np.ndarray:
         """Visible where the forward-backward error is small and the matching peak is confident."""
         return (cycle_error <= self.config.cycle_threshold) & (peak >= self.config.peak_threshold)
+
+
+@dataclass
+class TrackState:
+    """Tracks being built, in pixels, and the end each track has reached in the current pass."""
+
+    queries: np.ndarray
+    start_xy: np.ndarray  # (N, 2) query positions in token units
+    tracks: np.ndarray  # (T, N, 2) pixels
+    hidden: np.ndarray  # (T, N) occluded state of the temporal decoder
+    cycle_error: np.ndarray  # (T, N) tokens
+    peak: np.ndarray  # (T, N)
+    end_frame: np.ndarray | None = None
+    end_xy: np.ndarray | None = None
+
+    @classmethod
+    def start(cls, queries: np.ndarray, geometry, num_frames: int) -> "TrackState":
+        n = len(queries)
+        return cls(queries=queries, start_xy=geometry.pixel_to_token(queries[:, 1:]).astype(np.float32),
+                   tracks=np.zeros((num_frames, n, 2), np.float32), hidden=np.zeros((num_frames, n), bool),
+                   cycle_error=np.zeros((num_frames, n), np.float32), peak=np.ones((num_frames, n), np.float32))
+
+    def grow(self, num_frames: int) -> None:
+        """Room for ``num_frames`` frames (online tracking learns the length as frames arrive)."""
+        extra = num_frames - len(self.tracks)
+        if extra > 0:
+            n = self.tracks.shape[1]
+            self.tracks = np.concatenate([self.tracks, np.zeros((extra, n, 2), np.float32)])
+            self.hidden = np.concatenate([self.hidden, np.zeros((extra, n), bool)])
+            self.cycle_error = np.concatenate([self.cycle_error, np.zeros((extra, n), np.float32)])
+            self.peak = np.concatenate([self.peak, np.ones((extra, n), np.float32)])
+
+    def restart(self) -> None:
+        """Every track starts the pass at its query."""
+        self.end_frame = self.queries[:, 0].astype(int).copy()
+        self.end_xy = self.start_xy.copy()
+
+
+class DiffTrackerOnline:
+    """Track through a stream of frames chunk by chunk, CoTracker-online style, with memory bounded by one
+    window of latents (plus the tracks themselves).
+
+    ``reset(queries, height, width)``, then ``step(frames)`` with each new chunk of uint8 RGB frames
+    (t, H, W, 3) returns the tracks (T_seen, N, 2) and visibility (T_seen, N) known so far, up to the
+    last finished window; ``finish()`` tracks the rest and returns the whole result. Tracks run forward
+    from each query's frame; before it a track holds its query point, not visible. For queries on
+    frame 0 the result equals :class:`DiffTracker`'s on the whole video (same windows, same noise).
+    """
+
+    def __init__(self, model: str | Backbone = "tiny-video", config: TrackerConfig | None = None, **overrides):
+        self.tracker = model if isinstance(model, DiffTracker) else DiffTracker(model, config, **overrides)
+        self.state = None
+
+    def reset(self, queries: np.ndarray, height: int, width: int) -> None:
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, 3)
+        if len(queries) == 0:
+            raise UserError("no query points given; pass at least one (t, x, y) point")
+        check_points(queries, np.inf, height, width)
+        self.size = (height, width)
+        self.queries = queries
+        self.latents = None  # the last window's frames at most
+        self.first_frame = 0  # global index of self.latents[:, 0]
+        self.frames_seen = 0
+        self.next_start = 0  # first frame of the next regular window
+        self.geometry = None
+        self.state = None
+
+    @torch.no_grad()
+    def step(self, frames: np.ndarray):
+        if not hasattr(self, "queries"):
+            raise UserError("call reset(queries, height, width) before step(frames)")
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[1:3] != self.size or frames.shape[-1] != 3:
+            raise UserError(f"frames must be RGB (t, {self.size[0]}, {self.size[1]}, 3), got {frames.shape}")
+        latents, geometry = self.tracker._encode(frames)
+        if self.state is None:
+            self.geometry = geometry
+            self.state = TrackState.start(self.queries, geometry, 0)
+            self.state.restart()
+        self.latents = latents if self.latents is None else torch.cat([self.latents, latents], 1)
+        self.frames_seen += len(frames)
+        self.state.grow(self.frames_seen)
+        window = self.tracker.config.window
+        while self.next_start + window <= self.frames_seen:
+            self._run(list(range(self.next_start, self.next_start + window)))
+            self.next_start += window - 1
+        keep = self.frames_seen - min(self.frames_seen, window)  # the last window's frames stay for finish()
+        self.latents = self.latents[:, keep - self.first_frame:]
+        self.first_frame = keep
+        return self._result(self.next_start + 1 if self.next_start else 0)
+
+    def finish(self):
+        """Track the frames after the last regular window (the offline tracker's end-aligned last window)."""
+        window = self.tracker.config.window
+        last_covered = self.next_start if self.next_start else -1
+        if self.frames_seen - 1 > last_covered:
+            start = max(0, self.frames_seen - window)
+            self._run(list(range(start, self.frames_seen)))
+        return self._result(self.frames_seen)
+
+    def _run(self, frames: list[int]) -> None:
+        local = [f - self.first_frame for f in frames]
+        self.tracker.track_window(self.latents[:, local], self.geometry, frames, +1, self.state)
+
+    def _result(self, frames: int):
+        state, rows = self.state, np.arange(len(self.queries))
+        visible = ~state.hidden[:frames] & self.tracker.occlusion_call(state.cycle_error[:frames], state.peak[:frames])
+        tracks = state.tracks[:frames].copy()
+        query_frames = self.queries[:, 0].astype(int)
+        for n, t in enumerate(query_frames):
+            tracks[:min(t, frames), n] = self.queries[n, 1:]
+            visible[:min(t, frames), n] = False
+        seen = query_frames < frames
+        tracks[query_frames[seen], rows[seen]] = self.queries[seen, 1:]
+        visible[query_frames[seen], rows[seen]] = True
+        return tracks, visible
 
 
 class DiffTrackerPredictor(torch.nn.Module):

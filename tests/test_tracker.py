@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from difftrack.cli import main
 from difftrack.errors import UserError
 from difftrack.io import write_video
 from difftrack.testing import save_pipeline, tiny_cogvideox_components
-from difftrack.tracker import DiffTracker, DiffTrackerPredictor, anchored_chunks, sample_descriptors
+from difftrack.tracker import DiffTracker, DiffTrackerPredictor, frame_windows, sample_descriptors
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +28,16 @@ def pipeline_dir(tmp_path_factory):
     return path
 
 
-def test_anchored_chunks_visit_every_frame_once_and_span_the_video():
-    for frames, window, anchor in [(10, 4, 0), (24, 8, 13), (5, 8, 2), (9, 3, 8)]:
-        chunks = anchored_chunks(anchor, frames, window)
-        assert all(anchor in c and len(c) <= window and c == sorted(c) for c in chunks)
-        others = sorted(f for c in chunks for f in c if f != anchor)
-        assert others == [f for f in range(frames) if f != anchor]
-    # the release's scheme: each chunk strides across the whole video
-    assert anchored_chunks(0, 10, 4) == [[0, 1, 4, 7], [0, 2, 5, 8], [0, 3, 6, 9]]
-    with pytest.raises(UserError):
-        anchored_chunks(0, 10, 1)
+def test_frame_windows_cover_the_video_and_chain_on_shared_frames():
+    for frames, window in [(10, 4), (24, 8), (5, 8), (13, 13), (14, 13), (2, 2)]:
+        windows = frame_windows(frames, window)
+        assert sorted(set(f for w in windows for f in w)) == list(range(frames))
+        assert all(len(w) == min(window, frames) and w == list(range(w[0], w[0] + len(w))) for w in windows)
+        assert all(b[0] <= a[-1] for a, b in zip(windows, windows[1:]))  # consecutive windows share a frame
+        assert len(windows) == max(1, math.ceil((frames - 1) / (window - 1)))
+    assert frame_windows(10, 4) == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    with pytest.raises(UserError, match="at least 2 frames"):
+        frame_windows(10, 1)
 
 
 def test_sample_descriptors_at_token_centres_is_exact_and_interpolates_between():
@@ -60,8 +61,8 @@ def test_tracker_shapes_query_frames_and_independence(backbone):
     for n, (t, x, y) in enumerate(queries):
         assert np.allclose(tracks[int(t), n], (x, y)) and visible[int(t), n]
     assert np.all(tracks[..., 0] >= 0) and np.all(tracks[..., 0] <= 64) and np.all(tracks[..., 1] <= 48)
-    # three anchors x three chunks of a 10-frame video with a 4-frame window
-    assert tracker.stats.forwards == 9
+    # three windows of a 10-frame video with a 4-frame window, forward; the backward pass needs all three too
+    assert tracker.stats.forwards == 6
     alone, alone_vis = tracker(video, queries[1:2])
     assert np.array_equal(alone[:, 0], tracks[:, 1]) and np.array_equal(alone_vis[:, 0], visible[:, 1])
     again, _ = DiffTracker(backbone, window=4, num_steps=10, steps=[5])(video, queries)
@@ -167,3 +168,59 @@ def test_track_cli_layers_auto_reads_recommendation(tmp_path, pipeline_dir, caps
     (rec_dir / "recommendation.json").write_text(json.dumps({"model": "tiny", "layers": [7], "steps": [9]}))
     assert main(common + ["--model", str(model), "--recommendation", str(rec_dir), "--out", str(tmp_path / "d")]) == 2
     assert "layer 7 is out of range" in capsys.readouterr().err
+
+
+def test_forwards_grow_with_video_length_not_with_query_frames(backbone):
+    rng = np.random.default_rng(2)
+    counts = {}
+    for frames in (6, 12, 24):
+        video = rng.integers(0, 255, (frames, 32, 32, 3), dtype=np.uint8)
+        for query_frames in ([0], [0, 2, 4, frames - 1], list(range(frames))):
+            queries = np.array([[t, 10.0, 12.0] for t in query_frames], np.float32)
+            tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[5])
+            tracker(video, queries)
+            counts[frames, len(query_frames)] = tracker.stats.forwards
+    for frames in (6, 12, 24):
+        windows = len(frame_windows(frames, 4))
+        assert counts[frames, 1] == windows  # frame-0 queries: one pass
+        assert counts[frames, 4] == counts[frames, frames] <= 2 * windows  # both passes, whatever the queries
+
+
+def test_online_tracker_equals_offline_for_frame_zero_queries(backbone):
+    from difftrack.tracker import DiffTrackerOnline
+
+    rng = np.random.default_rng(3)
+    video = rng.integers(0, 255, (11, 32, 32, 3), dtype=np.uint8)
+    queries = np.array([[0, 10.0, 12.0], [0, 25.5, 3.0], [4, 8.0, 20.0]], np.float32)
+    offline, offline_vis = DiffTracker(backbone, window=4, num_steps=10, steps=[5])(video, queries)
+    online = DiffTrackerOnline(backbone, window=4, num_steps=10, steps=[5])
+    online.reset(queries, 32, 32)
+    partial = [online.step(video[t:t + 3])[0].shape[0] for t in range(0, 11, 3)]
+    assert partial == [0, 4, 7, 10]  # frames are released as their window finishes
+    tracks, visible = online.finish()
+    np.testing.assert_allclose(tracks[:, :2], offline[:, :2], atol=1e-4)
+    assert np.array_equal(visible[:, :2], offline_vis[:, :2])
+    np.testing.assert_allclose(tracks[4:, 2], offline[4:, 2], atol=1e-4)  # forward from its frame, as offline
+    assert not visible[:4, 2].any() and np.allclose(tracks[:4, 2], queries[2, 1:])
+
+
+def test_caller_config_is_never_mutated_and_explicit_thresholds_win_over_calibration():
+    from dataclasses import asdict
+
+    from difftrack.tracker import TrackerConfig
+
+    config = TrackerConfig(cycle_threshold=3.0)
+    before = asdict(config)
+    tracker = DiffTracker("tiny-video", config)  # tiny-video ships a calibration that turns the cycle check off
+    assert asdict(config) == before
+    assert tracker.config.cycle_threshold == 3.0 and tracker.config.layers is not None
+    assert DiffTracker("tiny-video").config.cycle_threshold == float("inf")
+
+
+@pytest.mark.parametrize("temporal", ["viterbi", "none"])
+def test_temporal_modes_and_noise_draws_run(backbone, temporal):
+    video = np.random.default_rng(4).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    queries = np.array([[0, 10.0, 12.0]], np.float32)
+    tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[5], temporal=temporal, noise_draws=2)
+    tracks, visible = tracker(video, queries)
+    assert tracks.shape == (6, 1, 2) and tracker.stats.forwards == 2 * len(frame_windows(6, 4))

@@ -27,7 +27,8 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, check_points, load_points, read_video, write_video
 from difftrack.noising import NOISE_MODES
-from difftrack.options import check_output_file, integer, number, output_prefix, seed
+from difftrack.options import check_output_file, integer, number, output_prefix, positive, seed
+from difftrack.tracker import TEMPORAL_MODES
 
 
 DEFAULT_GRID = 8
@@ -53,6 +54,18 @@ def add_arguments(p):
     p.add_argument("--noise", choices=NOISE_MODES, default="add",
                    help="add noise at the step (default), feed clean latents, or invert to the step")
     p.add_argument("--window", type=integer(min=2), default=None, help="frames per forward (default: the model's window)")
+    p.add_argument("--temporal", choices=TEMPORAL_MODES, default="viterbi",
+                   help="viterbi (default): choose each frame's position among its best candidates with a motion "
+                        "prior and an occluded state; none: per-frame argmax")
+    p.add_argument("--motion-sigma", type=number(min=0, min_inclusive=False), default=None,
+                   help="expected motion in tokens per frame of the viterbi pass (default 2.0)")
+    p.add_argument("--candidates", type=positive, default=None, help="tokens per frame the viterbi pass picks from "
+                                                                      "(default 8)")
+    p.add_argument("--noise-draws", type=positive, default=1,
+                   help="average the costs over this many noise draws (one forward each; default 1)")
+    p.add_argument("--refine-window", type=integer(min=0), default=None,
+                   help="sub-token position: 0 (default) keeps the point's own place inside its matched token; r >= 1 "
+                        "soft-argmax in a (2r+1)^2-token window")
     p.add_argument("--no-bidirectional", action="store_true", help="match one direction only (C[s->j])")
     p.add_argument("--cycle-threshold", type=number(min=0), default=None,
                    help="forward-backward error in tokens above which a point is called occluded")
@@ -104,8 +117,10 @@ def run(args):
     options = {"layers": layers, "steps": options_steps, "num_steps": options_num_steps,
                "noise": args.noise, "window": args.window, "bidirectional": not args.no_bidirectional,
                "seed": args.seed}
-    if args.cycle_threshold is not None:
-        options["cycle_threshold"] = args.cycle_threshold
+    options.update(temporal=args.temporal, noise_draws=args.noise_draws)
+    for name in ("cycle_threshold", "motion_sigma", "candidates", "refine_window"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     tracker = DiffTracker(backbone, **options)
     start = time.perf_counter()
     tracks, visible = tracker(video, queries, progress=True)

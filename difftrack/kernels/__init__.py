@@ -64,13 +64,17 @@ def _check_inputs(query, key, grid_h, grid_w, source_frame, text_key, window, re
 
 
 def match(query: torch.Tensor, key: torch.Tensor, grid, source_frame: int, text_key: torch.Tensor | None = None,
-          scale: float | None = None, window: int = 1, reverse=None, backend: str = "auto") -> MatchResult:
+          scale: float | None = None, window: int = 1, reverse=None, backend: str = "auto",
+          candidates: int = 0) -> MatchResult:
     """Match N query points of frame ``source_frame`` against every frame of ``key``.
 
     query (H, N, D); key (H, F * P, D) frame-major; text_key (H, L, D) or None; grid (grid_h, grid_w)
     or a TokenGeometry; scale defaults to 1 / sqrt(D); reverse = (all_queries (H, F * P, D),
     source_index (N,)) averages in the reverse direction. backend: "auto" (triton for CUDA tensors
     when triton imports, torch otherwise), "torch", "triton" or "reference" (naive dense, tests only).
+    candidates=K > 0 also returns the K best tokens of every cost map (``candidate_*``), which the
+    temporal decoder of the tracker takes; the Triton kernel keeps no cost map, so these calls run on
+    the torch backend (on the same device).
     """
     grid_h, grid_w = _grid_shape(grid)
     _check_inputs(query, key, grid_h, grid_w, source_frame, text_key, window, reverse)
@@ -78,9 +82,13 @@ def match(query: torch.Tensor, key: torch.Tensor, grid, source_frame: int, text_
         raise UserError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
+    if candidates < 0:
+        raise UserError(f"candidates must be >= 0, got {candidates}")
     if backend == "auto":
-        backend = "triton" if query.is_cuda and triton_available() else "torch"
-    args = (query, key, grid_h, grid_w, int(source_frame), text_key, float(scale), window, reverse)
+        backend = "triton" if query.is_cuda and triton_available() and not candidates else "torch"
+    if backend == "triton" and candidates:
+        backend = "torch"
+    args = (query, key, grid_h, grid_w, int(source_frame), text_key, float(scale), window, reverse, int(candidates))
     if backend == "reference":
         from difftrack.kernels.reference import match_reference
 
@@ -90,7 +98,7 @@ def match(query: torch.Tensor, key: torch.Tensor, grid, source_frame: int, text_
             raise UserError("backend='triton' needs the triton package: pip install 'difftrack[triton]'")
         from difftrack.kernels.triton_match import match_triton
 
-        return match_triton(*args)
+        return match_triton(*args[:-1])  # never asked for candidates (see above)
     from difftrack.kernels.torch_chunked import match_torch
 
     return match_torch(*args)

@@ -22,6 +22,18 @@ class MatchResult:
     mass_text: torch.Tensor  # (N,)
     max_frames: torch.Tensor  # (N, F)
     max_text: torch.Tensor  # (N,)
+    # With ``candidates=K``: the K largest cost values of each (point, frame), best first, for temporal decoding.
+    candidate_index: torch.Tensor | None = None  # (N, F, K) int64 in-frame token index
+    candidate_cost: torch.Tensor | None = None  # (N, F, K)
+    candidate_refined: torch.Tensor | None = None  # (N, F, K, 2) token units, soft-argmax around each
+
+
+def top_candidates(cost: torch.Tensor, grid_h: int, grid_w: int, window: int, k: int):
+    """The ``k`` best tokens of each cost map (..., P), their costs and soft-argmax positions (..., k, 2)."""
+    values, index = cost.topk(min(k, cost.shape[-1]), dim=-1)
+    around, valid, centres = window_tokens(index, grid_h, grid_w, window)  # (..., k, W)
+    gathered = cost.gather(-1, around.flatten(-2)).view(around.shape)
+    return index, values, soft_argmax(gathered, valid, centres.to(cost.dtype))
 
 
 def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:

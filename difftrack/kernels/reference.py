@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.kernels.common import MatchResult, soft_argmax, window_tokens
+from difftrack.kernels.common import MatchResult, soft_argmax, top_candidates, window_tokens
 
 
 def dense_cost(query, key, grid_h, grid_w, source_frame, scale=1.0, reverse=None, dtype=torch.float64):
@@ -26,7 +26,7 @@ def dense_cost(query, key, grid_h, grid_w, source_frame, scale=1.0, reverse=None
 
 
 def match_reference(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1.0, window=1, reverse=None,
-                    dtype=torch.float64):
+                    candidates=0, dtype=torch.float64):
     tokens = grid_h * grid_w
     heads, points, _ = query.shape
     frames = key.shape[1] // tokens
@@ -34,6 +34,7 @@ def match_reference(query, key, grid_h, grid_w, source_frame, text_key=None, sca
     peak, argmax = cost.max(-1)
     index, valid, centres = window_tokens(argmax, grid_h, grid_w, window)
     refined = soft_argmax(cost.gather(-1, index), valid, centres.to(dtype))
+    top = top_candidates(cost, grid_h, grid_w, window, candidates) if candidates else (None, None, None)
 
     logits = torch.einsum("hnd,htd->hnt", query.to(dtype), key.to(dtype)) * scale
     text_len = 0 if text_key is None else text_key.shape[1]
@@ -46,4 +47,5 @@ def match_reference(query, key, grid_h, grid_w, source_frame, text_key=None, sca
     return MatchResult(
         argmax=argmax, peak=peak, refined=refined,
         mass_frames=video.sum(-1), mass_text=text.sum(-1) if text_len else zeros,
-        max_frames=video.amax(-1), max_text=text.amax(-1) if text_len else zeros)
+        max_frames=video.amax(-1), max_text=text.amax(-1) if text_len else zeros,
+        candidate_index=top[0], candidate_cost=top[1], candidate_refined=top[2])

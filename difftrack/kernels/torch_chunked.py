@@ -1,9 +1,9 @@
 """Fused matching in plain torch, chunked over query points and heads (CPU and GPU).
 
 Per (query chunk, head chunk) one batched matmul over heads gives the logits against every video
-token, and one max-subtract-exp pass turns them into exp(logit - frame max) in place. The per-frame
-sums of that buffer give both softmaxes: the per-frame one (divide by the frame's sum) and the joint
-one over text + all frames (per-frame max/sum combined in :func:`joint_weights`), so the exp is
+token, and the stock softmax turns them in place into per-frame probabilities. With each frame's
+logit max and exp-sum these also give the joint softmax over text + all frames (per-frame max/sum
+combined in :func:`joint_weights`: joint = per-frame probability x sum x joint weight), so the exp is
 computed once. A second batched matmul, over (point, frame) pairs, sums the heads with the two sets
 of coefficients into the head-averaged per-frame and joint probabilities of the chunk. Nothing of
 size queries x tokens x heads exists at any time: working buffers stay within ``memory_budget``
@@ -14,13 +14,35 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.kernels.common import MatchResult, accumulation_dtype, joint_weights, soft_argmax, window_tokens
+from difftrack.kernels.common import (
+    MatchResult,
+    accumulation_dtype,
+    joint_weights,
+    soft_argmax,
+    top_candidates,
+    window_tokens,
+)
 
-DEFAULT_MEMORY_BUDGET = 64 * 2**20
+# Working buffers; the rest of a call (outputs, per-chunk statistics) stays within 64 MB with it.
+DEFAULT_MEMORY_BUDGET = 56 * 2**20
 
 
 def _chunk_rows(budget: int, row_bytes: int, total: int) -> int:
     return max(1, min(total, budget // max(row_bytes, 1)))
+
+
+def chunk_sizes(heads: int, points: int, video: int, dim: int, dtype: torch.dtype, key_dtype: torch.dtype,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, head_chunk: int | None = None) -> tuple[int, int]:
+    """(heads, query points) per step of :func:`match_torch`, so that its working buffers fit the budget."""
+    item = torch.finfo(dtype).bits // 8
+    # Keys in another dtype (bf16, fp16) are upcast one head chunk at a time; that copy gets half the budget.
+    upcast_bytes_per_head = 0 if key_dtype == dtype else video * dim * item
+    if head_chunk is None:
+        head_chunk = heads if not upcast_bytes_per_head else memory_budget // 2 // upcast_bytes_per_head
+    head_chunk = max(1, min(head_chunk, heads))
+    query_chunk = _chunk_rows(memory_budget - head_chunk * upcast_bytes_per_head, (head_chunk + 2) * video * item,
+                              points)
+    return head_chunk, query_chunk
 
 
 def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_budget=DEFAULT_MEMORY_BUDGET,
@@ -47,7 +69,7 @@ def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_bu
 
 
 def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1.0, window=1, reverse=None,
-                memory_budget=DEFAULT_MEMORY_BUDGET, head_chunk=None):
+                candidates=0, memory_budget=DEFAULT_MEMORY_BUDGET, head_chunk=None):
     dtype = accumulation_dtype(query, key, text_key)
     device = query.device
     heads, points, dim = query.shape
@@ -56,13 +78,7 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
     frames = video // tokens
     text_len = 0 if text_key is None else text_key.shape[1]
     item = torch.finfo(dtype).bits // 8
-    # Keys in another dtype (bf16, fp16) are upcast one head chunk at a time; that copy gets half the budget.
-    upcast_bytes_per_head = 0 if key.dtype == dtype else video * dim * item
-    if head_chunk is None:
-        head_chunk = heads if not upcast_bytes_per_head else memory_budget // 2 // upcast_bytes_per_head
-    head_chunk = max(1, min(head_chunk, heads))
-    query_chunk = _chunk_rows(memory_budget - head_chunk * upcast_bytes_per_head, (head_chunk + 2) * video * item,
-                              points)
+    head_chunk, query_chunk = chunk_sizes(heads, points, video, dim, dtype, key.dtype, memory_budget, head_chunk)
 
     backward = None
     if reverse is not None:
@@ -86,6 +102,11 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
     mass_text = torch.zeros(points, dtype=dtype, device=device)
     max_frames = torch.empty(points, frames, dtype=dtype, device=device)
     max_text = torch.zeros(points, dtype=dtype, device=device)
+    if candidates:
+        k = min(candidates, tokens)
+        candidate_index = torch.empty(points, frames, k, dtype=torch.int64, device=device)
+        candidate_cost = torch.empty(points, frames, k, dtype=dtype, device=device)
+        candidate_refined = torch.empty(points, frames, k, 2, dtype=dtype, device=device)
 
     for n0 in range(0, points, query_chunk):
         n1 = min(n0 + query_chunk, points)
@@ -100,8 +121,11 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
             torch.bmm(q[h0:h1], key[h0:h1].to(dtype).transpose(1, 2), out=exp_logits)
             per_frame = exp_logits.view(chunk_heads, count, frames, tokens)
             frame_max = per_frame.amax(-1)
-            per_frame.sub_(frame_max.unsqueeze(-1)).exp_()
-            frame_sum = per_frame.sum(-1)
+            # The stock softmax kernel does max, exp and sum row by row in cache, with a faster exp than
+            # exp_(); in place, it reads each row before writing it. Its largest value exp(0) / sum gives
+            # the sum back.
+            torch.ops.aten._softmax.out(per_frame, -1, False, out=per_frame)
+            frame_sum = per_frame.amax(-1).reciprocal_()
             text_max = text_sum = text_exp = None
             if text_keys is not None:
                 text_exp = torch.bmm(q[h0:h1], text_keys[h0:h1].transpose(1, 2))
@@ -111,9 +135,9 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
             frame_coef, text_coef = joint_weights(frame_max, frame_sum, text_max, text_sum)
             mass_frames[n0:n1] += (frame_sum * frame_coef).sum(0)
             coefs = coef_buffer[:count * frames * 2 * chunk_heads].view(count * frames, 2, chunk_heads)
-            coefs[:, 0] = frame_sum.reciprocal().mul_(forward_weight).view(chunk_heads, -1).T
-            coefs[:, 1] = frame_coef.view(chunk_heads, -1).T
-            # sum over heads of coefficient x exp(logit - frame max), for every (point, frame) at once
+            coefs[:, 0] = forward_weight
+            coefs[:, 1] = (frame_coef * frame_sum).view(chunk_heads, -1).T
+            # sum over heads of coefficient x per-frame probability, for every (point, frame) at once
             torch.baddbmm(averages, coefs, per_frame.view(chunk_heads, count * frames, tokens).transpose(0, 1),
                           out=averages)
             if text_exp is not None:
@@ -126,11 +150,16 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
         index, valid, centres = window_tokens(chunk_argmax, grid_h, grid_w, window)
         refined[n0:n1] = soft_argmax(cost.gather(-1, index), valid, centres.to(dtype))
         argmax[n0:n1] = chunk_argmax
+        if candidates:
+            candidate_index[n0:n1], candidate_cost[n0:n1], candidate_refined[n0:n1] = top_candidates(
+                cost, grid_h, grid_w, window, k)
         peak[n0:n1] = chunk_peak
         max_frames[n0:n1] = averages[:, 1].amax(-1).view(count, frames).div_(heads)
         if text_len:
             max_text[n0:n1] = text_joint.amax(-1).div_(heads)
     mass_frames /= heads
     mass_text /= heads
+    top = (candidate_index, candidate_cost, candidate_refined) if candidates else (None, None, None)
     return MatchResult(argmax=argmax, peak=peak, refined=refined, mass_frames=mass_frames, mass_text=mass_text,
-                       max_frames=max_frames, max_text=max_text)
+                       max_frames=max_frames, max_text=max_text, candidate_index=top[0], candidate_cost=top[1],
+                       candidate_refined=top[2])

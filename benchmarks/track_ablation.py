@@ -1,0 +1,137 @@
+"""Tracker ablation on TAP-Vid-format clips: per-frame argmax -> + temporal -> + ensembles -> + sub-token.
+
+Each row adds one part of the tracker to the row above it, on the same clips, queries and metrics as
+benchmarks/tapvid.py (tapnet's definitions), next to zero motion and Lucas-Kanade:
+
+    per-frame argmax             the first tracker's scheme: per-frame argmax, soft-argmax in a 3x3-token window
+    + temporal                   the Viterbi pass over each frame's candidates (motion prior, occluded state)
+    + ensembles                  costs averaged over --draws noise draws and the model's recommended layers
+    + sub-token offset           the point keeps its own place inside the matched token instead of the soft-argmax
+    default (temporal + offset)  what `difftrack track` does: the Viterbi pass and the offset, no ensembles
+
+    python benchmarks/make_tapvid_fixture.py --out runs/heldout12/tapvid_davis.pkl --num-videos 20 \\
+        --seed-offset 200000 --frames 12 --size 256 --points 32
+    python benchmarks/track_ablation.py --root runs/heldout12 --mode first --out results/tracking/ablation_first
+
+Writes OUT/ablation.json ({row: {metric: value}}, with the options of each row, CPU and wall seconds
+and the load average) and OUT/ablation.md (the table x100). Options given with --set apply to every
+difftrack row (e.g. --set motion_sigma=2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tapvid import SUMMARY_COLUMNS, evaluate_video  # noqa: E402
+
+from difftrack.cli import OneLineErrorParser, run_reporting_errors  # noqa: E402
+from difftrack.data.tapvid import DATASETS, TapVidReader, to_protocol  # noqa: E402
+from difftrack.errors import UserError  # noqa: E402
+from difftrack.io import atomic_path, write_json  # noqa: E402
+from difftrack.metrics import QUERY_MODES, average_over_videos  # noqa: E402
+from difftrack.options import output_dir, positive  # noqa: E402
+
+
+def rows(recommended_layers: list[int], draws: int) -> dict[str, dict]:
+    today = {"temporal": "none", "refine_window": 1}
+    temporal = dict(today, temporal="viterbi")
+    ensembles = dict(temporal, noise_draws=draws, layers=recommended_layers)
+    return {"per-frame argmax": today, "+ temporal": temporal, "+ ensembles": ensembles,
+            "+ sub-token offset": dict(ensembles, refine_window=0),
+            "default (temporal + offset)": dict(temporal, refine_window=0)}
+
+
+def parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not value:
+            raise UserError(f"--set takes NAME=VALUE, got {item!r}")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def parse_args(argv):
+    p = OneLineErrorParser(prog="python benchmarks/track_ablation.py", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="TAP-Vid pickle or its directory (davis layout)")
+    p.add_argument("--dataset", default="davis", choices=DATASETS)
+    p.add_argument("--mode", default="first", choices=QUERY_MODES)
+    p.add_argument("--model", default="tiny-video")
+    p.add_argument("--draws", type=positive, default=4, help="noise draws of the ensemble rows (default 4)")
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="tracker options for every row")
+    p.add_argument("--rows", nargs="+", default=None, help="only these rows (names as in the table)")
+    p.add_argument("--no-baselines", action="store_true", help="skip zero motion and Lucas-Kanade")
+    p.add_argument("--limit", type=positive, default=None)
+    p.add_argument("--out", required=True, type=output_dir)
+    return p.parse_args(argv)
+
+
+def run(args) -> None:
+    from difftrack.backbones import create_backbone
+    from difftrack.baselines import BASELINES
+    from difftrack.tracker import DiffTracker, load_recommendation
+
+    reader = TapVidReader(args.dataset, args.root)
+    backbone = create_backbone(args.model)
+    extra = parse_set(args.set)
+    try:
+        recommended = load_recommendation(None, backbone)[0]
+    except UserError:
+        recommended = backbone.track_layers()
+    trackers = {name: DiffTracker(backbone, **dict(options, **extra))
+                for name, options in rows(recommended, args.draws).items() if not args.rows or name in args.rows}
+    if not args.no_baselines:
+        trackers.update(BASELINES)
+    videos = [(name, load()) for name, load in list(reader.entries())[:args.limit]]
+    results, seconds = {}, {}
+    for name, tracker in trackers.items():
+        load_before, cpu, wall = os.getloadavg()[0], time.process_time(), time.perf_counter()
+        metrics = []
+        for _, sample in videos:
+            frames, points = to_protocol(sample)
+            metrics.append(evaluate_video(tracker, frames, points, sample.occluded, args.mode)["metrics"])
+        results[name] = average_over_videos(metrics)
+        seconds[name] = {"cpu_s": round(time.process_time() - cpu, 2), "wall_s": round(time.perf_counter() - wall, 2),
+                         "loadavg_before": round(load_before, 2), "loadavg_after": round(os.getloadavg()[0], 2)}
+        print(f"{name:18s} AJ {100 * results[name]['average_jaccard']:.1f} "
+              f"delta_avg {100 * results[name]['average_pts_within_thresh']:.1f} "
+              f"OA {100 * results[name]['occlusion_accuracy']:.1f}  ({seconds[name]['cpu_s']} CPU-s)", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {name: tracker.meta() for name, tracker in trackers.items() if isinstance(tracker, DiffTracker)}
+    write_json(out / "ablation.json", {
+        "command": " ".join(["python", "benchmarks/track_ablation.py", *sys.argv[1:]]),
+        "model": backbone.name, "mode": args.mode, "videos": [name for name, _ in videos],
+        "results": {n: {m: (None if np.isnan(v) else v) for m, v in r.items()} for n, r in results.items()},
+        "options": {n: {k: v for k, v in o.items() if k not in ("forwards", "layers_run")} for n, o in options.items()},
+        "seconds": seconds})
+    lines = [f"Tracker ablation, {backbone.name}, '{args.mode}' queries, {len(videos)} clips (x100).", "",
+             "| row | " + " | ".join(label for label, _ in SUMMARY_COLUMNS[:8]) + " | CPU s |",
+             "|---|" + "---:|" * 9]
+    for name, r in results.items():
+        cells = [f"{100 * r[metric]:.1f}" for _, metric in SUMMARY_COLUMNS[:8]]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds[name]['cpu_s']} |")
+    with atomic_path(out / "ablation.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_reporting_errors(lambda a: run(parse_args(a)), argv, debug="--debug" in argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

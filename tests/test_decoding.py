@@ -1,0 +1,39 @@
+"""The temporal decoder: motion prior against distractors, the occluded state, and its bookkeeping."""
+
+import torch
+
+from difftrack.decoding import MotionModel, viterbi_decode
+
+
+def _track(frames=8, k=3):
+    """A point moving +1 token in x per frame; candidate 0 is always on it, the others far away."""
+    truth = torch.stack([torch.arange(1, frames + 1, dtype=torch.float32) + 2.0, torch.full((frames,), 5.0)], -1)
+    positions = torch.stack([truth, truth + torch.tensor([9.0, 0.0]), truth + torch.tensor([0.0, 8.0])], 1)[None]
+    costs = torch.tensor([0.3, 0.1, 0.1]).repeat(frames, 1)[None]
+    return torch.tensor([[2.0, 5.0]]), positions[:, :, :k], costs[:, :, :k].clone(), truth
+
+
+def test_a_stronger_distractor_far_from_the_path_loses_to_the_weaker_peak_on_it():
+    start, positions, costs, truth = _track()
+    costs[0, 4] = torch.tensor([0.2, 0.6, 0.1])  # frame 4: the distractor 9 tokens away is three times stronger
+    xy, hidden = viterbi_decode(start, positions, costs)
+    assert torch.allclose(xy[0], truth) and not hidden.any()
+    per_frame_argmax = positions[0, torch.arange(8), costs[0].argmax(-1)]
+    assert not torch.allclose(per_frame_argmax, truth)  # what the per-frame mode would have done
+
+
+def test_a_covered_span_is_occluded_and_the_track_resumes_after_it():
+    start, positions, costs, truth = _track(frames=10)
+    costs[0, 4:7] = 1e-4  # a sprite covers the point on frames 4-6: no candidate has support
+    xy, hidden = viterbi_decode(start, positions, costs, MotionModel(sigma=2.0))
+    assert hidden[0].tolist() == [False] * 4 + [True] * 3 + [False] * 3
+    assert torch.allclose(xy[0, 4:7], truth[3].expand(3, 2))  # hidden: the position it was last seen at
+    assert torch.allclose(xy[0, 7:], truth[7:])
+
+
+def test_points_are_decoded_independently():
+    start, positions, costs, _ = _track()
+    both_start = torch.cat([start, start + 1])
+    both_xy, _ = viterbi_decode(both_start, torch.cat([positions, positions + 1]), torch.cat([costs, costs]))
+    alone_xy, _ = viterbi_decode(start + 1, positions + 1, costs)
+    assert torch.equal(both_xy[1], alone_xy[0])
