@@ -1,8 +1,8 @@
 """Calibrate the tracker's occlusion thresholds on procedural videos (never on test data).
 
 Tracks TAP-Vid-style queries ('first' mode) on generator clips whose seeds no training run or
-held-out evaluation uses, keeps each (frame, point)'s forward-backward cycle error and matching peak,
-and picks the (cycle_threshold, peak_threshold) pair with the best mean average Jaccard. The result
+held-out evaluation uses, keeps each (frame, point)'s forward-backward cycle error, matching peak
+and the temporal decoder's occluded state, and picks the (cycle_threshold, peak_threshold) pair with the best mean average Jaccard. The result
 is written to difftrack/calibration/<model>.json, which DiffTracker reads as its default for that
 model.
 
@@ -23,14 +23,16 @@ CALIBRATION_SEED_OFFSET = 500_000  # training uses >= 1,000,000; the held-out TA
 
 
 def main(argv=None):
+    from difftrack.options import integer, output_file, positive, seed
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-video")
-    p.add_argument("--num-videos", type=int, default=8)
-    p.add_argument("--seed-offset", type=int, default=CALIBRATION_SEED_OFFSET)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--points", type=int, default=48)
-    p.add_argument("--out", default=None, help="default: difftrack/calibration/<model>.json")
+    p.add_argument("--num-videos", type=positive, default=8)
+    p.add_argument("--seed-offset", type=seed, default=CALIBRATION_SEED_OFFSET)
+    p.add_argument("--frames", type=integer(min=2), default=24)
+    p.add_argument("--size", type=integer(min=16), default=256)
+    p.add_argument("--points", type=positive, default=48)
+    p.add_argument("--out", type=output_file(".json"), default=None, help="default: difftrack/calibration/<model>.json")
     args = p.parse_args(argv)
 
     from difftrack.data.synthetic import generate_clip, to_tapvid
@@ -52,7 +54,7 @@ def main(argv=None):
     def score(cycle_threshold, peak_threshold):
         per_video = []
         for q, tracks, diag in records:
-            visible = (diag["cycle_error"] <= cycle_threshold) & (diag["peak"] >= peak_threshold)
+            visible = ~diag["hidden"] & (diag["cycle_error"] <= cycle_threshold) & (diag["peak"] >= peak_threshold)
             per_video.append(compute_tapvid_metrics(q.query_points, q.occluded, q.target_points, ~visible.T,
                                                     tracks.transpose(1, 0, 2), "first"))
         return average_over_videos(per_video)

@@ -202,7 +202,7 @@ class DiffTracker:
                 self.track_window(latents[:, frames], geometry, frames, direction, state)
                 bar.update(1)
         bar.close()
-        self.diagnostics = {"cycle_error": state.cycle_error, "peak": state.peak}
+        self.diagnostics = {"cycle_error": state.cycle_error, "peak": state.peak, "hidden": state.hidden}
         visible = ~state.hidden & self.occlusion_call(state.cycle_error, state.peak)
         rows = np.arange(len(queries))
         state.tracks[queries[:, 0].astype(int), rows] = queries[:, 1:]

@@ -18,7 +18,7 @@ from difftrack.kernels import MatchResult, match, triton_available
 from difftrack.kernels.reference import dense_cost
 from difftrack.kernels.torch_chunked import match_torch
 
-FIELDS = list(MatchResult.__dataclass_fields__)
+FIELDS = [name for name in MatchResult.__dataclass_fields__ if not name.startswith("candidate_")]
 
 
 def make_inputs(heads=3, points=7, dim=8, grid=(3, 5), frames=4, text=6, seed=0, spread=2.0):
@@ -60,6 +60,22 @@ def test_torch_matches_reference_odd_sizes(with_text, with_reverse, window):
     result = match(query, key, (3, 5), 1, backend="torch", **kwargs)
     assert result.argmax.dtype == torch.int64 and result.peak.dtype == torch.float32
     check_against_reference(result, query, key, (3, 5), 1, **kwargs)
+
+
+@pytest.mark.parametrize("with_reverse", [True, False])
+def test_candidates_match_the_reference(with_reverse):
+    query, key, text_key, reverse = make_inputs(text=6)
+    kwargs = dict(text_key=text_key, window=1, reverse=reverse if with_reverse else None, candidates=4)
+    got = match(query, key, (3, 5), 1, backend="torch", **kwargs)
+    want = match(query, key, (3, 5), 1, backend="reference", **kwargs)
+    assert got.candidate_index.shape == (query.shape[1], key.shape[1] // 15, 4)
+    torch.testing.assert_close(got.candidate_cost.double(), want.candidate_cost, atol=1e-5, rtol=1e-4)
+    assert torch.all(got.candidate_cost[..., :-1] >= got.candidate_cost[..., 1:])  # best first
+    assert torch.equal(got.candidate_index[..., 0], got.argmax)
+    same = got.candidate_index == want.candidate_index
+    torch.testing.assert_close(got.candidate_refined.double()[same], want.candidate_refined[same], atol=1e-4,
+                               rtol=1e-4)
+    assert match(query, key, (3, 5), 1, backend="torch", text_key=text_key).candidate_index is None
 
 
 def test_single_frame_and_geometry_grid():

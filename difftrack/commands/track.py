@@ -4,11 +4,17 @@ Writes OUT.npz (tracks (T, N, 2) pixel x, y; visibility (T, N); queries (N, 3) a
 OUT.json (the same plus meta) and OUT.mp4 (an overlay with coloured trails; filled dots = visible,
 rings = predicted occluded).
 
+The video is cut into windows of --window frames (one frame shared between neighbours); one forward
+per window serves every query in it, so the cost grows with the video length, not with the number of
+query frames. Within a window each frame's best candidate tokens are chained by a Viterbi pass with a
+motion prior and an occluded state (--temporal none: per-frame argmax).
+
 examples:
   difftrack track clip.mp4 --grid 8                     # 8x8 grid on frame 0, embedded model
   difftrack track clip.mp4 --points pts.json --out runs/clip
   difftrack track clip.mp4 --grid 10 --grid-frame 12    # queries on frame 12, tracked both ways
   difftrack track clip.mp4 --grid 8 --layers auto --recommendation runs/analysis
+  difftrack track clip.mp4 --grid 8 --noise-draws 4 --temporal none   # DIFT-style ensemble, per-frame argmax
   difftrack track clip.mp4 --grid 8 --model THUDM/CogVideoX-5b --layers 17 --steps 49 --num-steps 50
 
 points JSON: [{"t": 0, "x": 12.5, "y": 40.0}, ...] or [[t, x, y], ...] in the video's own pixels.
