@@ -28,39 +28,37 @@ def _bounds(min, max, min_inclusive=True) -> str:
     return " and ".join(b for b in (lower, upper) if b)
 
 
+def _ranged(convert, in_range, wanted: str, name: str):
+    """An argparse type: ``convert(text)``, refused unless ``in_range(value)``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if not in_range(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
+
+
 def integer(min: int | None = None, max: int | None = None):
     """An int in [min, max] (either bound optional)."""
     wanted = "an integer" + (f" {_bounds(min, max)}" if min is not None or max is not None else "")
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
-        if (min is not None and value < min) or (max is not None and value > max):
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
-        return value
-
-    parse.__name__ = "integer"  # argparse names the type in its own messages
-    return parse
+    return _ranged(int, lambda v: (min is None or v >= min) and (max is None or v <= max), wanted, "integer")
 
 
 def number(min: float | None = None, max: float | None = None, min_inclusive: bool = True):
     """A finite float in [min, max] (or (min, max] with ``min_inclusive=False``)."""
     wanted = "a finite number" + (f" {_bounds(min, max, min_inclusive)}" if min is not None or max is not None else "")
 
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
-        too_low = min is not None and (value < min if min_inclusive else value <= min)
-        if not math.isfinite(value) or too_low or (max is not None and value > max):
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
-        return value
+    def in_range(v: float) -> bool:
+        above = min is None or (v >= min if min_inclusive else v > min)
+        return math.isfinite(v) and above and (max is None or v <= max)
 
-    parse.__name__ = "number"
-    return parse
+    return _ranged(float, in_range, wanted, "number")
 
 
 seed = integer(min=0, max=MAX_SEED)
