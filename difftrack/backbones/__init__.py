@@ -120,14 +120,7 @@ def load_component(cls, where: str, subfolder: str | None = None, **kwargs):
 
 def _import_families() -> None:
     # Importing a family module registers its entries; kept lazy so `import difftrack` stays light.
-    from difftrack.backbones import cogvideox  # noqa: F401
-
-    for optional in ("embedded", "hunyuan", "wan"):
-        try:
-            __import__(f"difftrack.backbones.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"difftrack.backbones.{optional}":
-                raise
+    from difftrack.backbones import cogvideox, embedded, hunyuan, wan  # noqa: F401
 
 
 __all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "register_backbone", "register_pipeline_loader",

@@ -4,7 +4,7 @@ The embedded default comes first. Any hub id or local diffusers pipeline directo
 --model; this list only names the ones difftrack knows by name.
 """
 
-from difftrack.backbones import list_backbones
+from difftrack.backbones import DEFAULT_BACKBONE, list_backbones
 
 
 def add_arguments(parser):
@@ -23,5 +23,5 @@ def run(args):
     width = max(len(r["name"]) for r in rows)
     swidth = max(len(r["source"]) for r in rows)
     for i, r in enumerate(rows):
-        tag = " (default)" if i == 0 and r["name"] == "tiny-video" else ""
+        tag = " (default)" if r["name"] == DEFAULT_BACKBONE else ""
         print(f"{r['name']:<{width}}  {r['source']:<{swidth}}  weights {r['weights']:<7}  {r['description']}{tag}")
