@@ -281,24 +281,23 @@ class DiffTracker:
         tokens = geometry.tokens_per_frame
         src = frames.index(start_frame)
         local = [frames.index(f) for f in targets]
-        query = sample_descriptors(q_all[:, src * tokens:(src + 1) * tokens], start_xy, grid)
         reverse = None
         if cfg.bidirectional:
             nearest = geometry.nearest_token(geometry.token_to_pixel(start_xy.numpy()))
             reverse = (q_all, torch.from_numpy(nearest).to(q_all.device))
+        start_xy = start_xy.to(q_all.device)
+        query = sample_descriptors(q_all[:, src * tokens:(src + 1) * tokens], start_xy, grid)
         fwd = match(query, k_all, grid, src, reverse=reverse, window=cfg.refine_window, backend=cfg.backend,
                     candidates=cfg.candidates if cfg.temporal == "viterbi" else 0)
-        start_xy = start_xy.to(q_all.device)
         # Without a soft-argmax a match is a token centre; the point keeps its own place inside the token.
-        offset = 0.0 if cfg.refine_window else (start_xy - start_xy.floor() - 0.5)
+        offset = start_xy - start_xy.floor() - 0.5 if cfg.refine_window == 0 else torch.zeros_like(start_xy)
         if cfg.temporal == "viterbi":
             model = MotionModel(sigma=cfg.motion_sigma, emission_weight=cfg.emission_weight,
                                 occluded_log_cost=cfg.occluded_log_cost)
-            positions = fwd.candidate_refined[:, local].float() + (offset[:, None, None] if cfg.refine_window == 0
-                                                                  else 0.0)
+            positions = fwd.candidate_refined[:, local].float() + offset[:, None, None]
             xy, hidden = viterbi_decode(start_xy, positions, fwd.candidate_cost[:, local].float(), model)
         else:
-            xy = fwd.refined[:, local].float() + (offset[:, None] if cfg.refine_window == 0 else 0.0)
+            xy = fwd.refined[:, local].float() + offset[:, None]
             hidden = torch.zeros(xy.shape[:2], dtype=torch.bool, device=xy.device)
         peak = fwd.peak[:, local].float()
 
@@ -309,8 +308,7 @@ class DiffTracker:
         start_keys = k_all[:, src * tokens:(src + 1) * tokens]
         back = match(back_queries, start_keys, grid, 0, window=cfg.refine_window, backend=cfg.backend)
         back_xy = back.refined[:, 0].float().view(nf, n, 2).transpose(0, 1)
-        cycle_error = (back_xy - start_xy[:, None].to(back_xy) + (offset[:, None] if cfg.refine_window == 0 else 0.0)
-                       ).norm(dim=-1)
+        cycle_error = (back_xy - (start_xy - offset)[:, None].to(back_xy)).norm(dim=-1)
         return xy.cpu(), hidden.cpu(), cycle_error.cpu(), peak.cpu()
 
     def occlusion_call(self, cycle_error: np.ndarray, peak: np.ndarray) -> np.ndarray:
