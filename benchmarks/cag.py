@@ -23,7 +23,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import difftrack
-from difftrack.commands.generate import generation_size
 from difftrack.data.synthetic import generate_clip
 from difftrack.evaluation import temporal_metrics
 from difftrack.guidance import GuidanceConfig, default_cag_layers
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
     layers = backbone.check_layers(args.cag_layers) if args.cag_layers else default_cag_layers(backbone)
     configs = {"none": GuidanceConfig("none"), "cfg": GuidanceConfig("cfg", args.cfg_scale),
                "cag": GuidanceConfig("cag", args.cfg_scale, args.cag_scale, tuple(layers))}
-    frames, height, width = generation_size(backbone)
+    frames, height, width = backbone.generation_size()
     per_seed, seconds = [], {m: [] for m in MODES}
     bar = tqdm(total=args.seeds * len(MODES), desc="videos", unit="video")
     for seed in range(args.seeds):

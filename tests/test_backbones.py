@@ -280,3 +280,18 @@ def test_hunyuan_real_size_structure_and_geometry():
     geo = bb.geometry(latents, text_tokens=40, frame_size=(720, 1280))
     assert (geo.frames, geo.grid_h, geo.grid_w, geo.num_rgb_frames) == (33, 45, 80, 129)
     assert geo.stride_px == (16.0, 16.0) and geo.text_position == "last"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_size_is_the_trained_size_or_a_clear_error(backbones, kind):
+    bb = backbones[kind]
+    cfg = bb.transformer.config
+    if cfg.get("sample_frames") is None:  # HunyuanVideo and Wan record no sample size: ask for it
+        with pytest.raises(UserError, match="does not record its trained frames; pass --frames"):
+            bb.generation_size()
+        assert bb.generation_size(5, 32, 48) == (5, 32, 48)
+    else:
+        frames, height, width = bb.generation_size()
+        assert (frames, height) == (cfg.sample_frames, cfg.sample_height * bb.spatial_compression)
+    with pytest.raises(UserError, match="--height must be positive"):
+        bb.generation_size(5, 0, 48)

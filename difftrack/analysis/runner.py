@@ -145,11 +145,7 @@ class Analyzer:
     def generation_size(self) -> tuple[int, int, int]:
         """(frames, height, width) of generated videos: the model's trained sample size unless overridden."""
         bb, cfg = self.backbone, self.config
-        tcfg = bb.transformer.config
-        sc = 1 if bb.vae is None else bb.spatial_compression
-        frames = cfg.num_frames or int(tcfg.sample_frames)
-        height = cfg.height or int(tcfg.sample_height) * sc
-        width = cfg.width or int(tcfg.sample_width) * sc
+        frames, height, width = bb.generation_size(cfg.num_frames, cfg.height, cfg.width)
         bb.check_frame_count(frames)
         return frames, height, width
 

@@ -168,6 +168,24 @@ class Backbone:
                              temporal_compression=1 if frame_as_latent else self.temporal_compression,
                              rgb_frames=rgb_frames)
 
+    def generation_size(self, frames: int | None = None, height: int | None = None,
+                        width: int | None = None) -> tuple[int, int, int]:
+        """(frames, height, width) in pixels of a generated video: the model's trained sample size unless given."""
+        cfg = self.transformer.config
+        sc = 1 if self.vae is None else self.spatial_compression
+        trained = {"frames": cfg.get("sample_frames"), "height": cfg.get("sample_height"),
+                   "width": cfg.get("sample_width")}
+        out = []
+        for name, value in {"frames": frames, "height": height, "width": width}.items():
+            if value is None:
+                if trained[name] is None:
+                    raise UserError(f"{self.name} does not record its trained {name}; pass --{name}")
+                value = int(trained[name]) * (1 if name == "frames" else sc)
+            if value < 1:
+                raise UserError(f"--{name} must be positive, got {value}")
+            out.append(int(value))
+        return tuple(out)
+
     def check_frame_count(self, num_frames: int, frame_as_latent: bool = False) -> None:
         c = 1 if frame_as_latent else self.temporal_compression
         if c > 1 and (num_frames - 1) % c:

@@ -82,24 +82,6 @@ def resolve_cag_layers(values, recommendation, backbone) -> list[int]:
         raise UserError(f"--cag-layers: {exc}") from None
 
 
-def generation_size(backbone, frames=None, height=None, width=None) -> tuple[int, int, int]:
-    """(frames, height, width) in pixels: the model's trained sample size unless given."""
-    cfg = backbone.transformer.config
-    sc = 1 if backbone.vae is None else backbone.spatial_compression
-    trained = {"frames": cfg.get("sample_frames"), "height": cfg.get("sample_height"), "width": cfg.get("sample_width")}
-    given = {"frames": frames, "height": height, "width": width}
-    out = []
-    for name, value in given.items():
-        if value is None:
-            if trained[name] is None:
-                raise UserError(f"{backbone.name} does not record its trained {name}; pass --{name}")
-            value = int(trained[name]) * (1 if name == "frames" else sc)
-        if value < 1:
-            raise UserError(f"--{name} must be positive, got {value}")
-        out.append(int(value))
-    return tuple(out)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
 
@@ -142,7 +124,7 @@ def run(args):
     settings = {"guidance": args.guidance, "cfg_scale": cfg_scale, "cag_scale": cag_scale, "cag_layers": layers,
                 "cag_steps": args.cag_steps, "steps": args.steps, "negative_prompt": args.negative_prompt,
                 "model": backbone.name, "difftrack_version": difftrack.__version__}
-    frames, height, width = generation_size(backbone, args.frames, args.height, args.width)
+    frames, height, width = backbone.generation_size(args.frames, args.height, args.width)
     for prompt, seed, out in jobs:
         start = time.perf_counter()
         video = sample(backbone, prompt, num_frames=frames, height=height, width=width, num_steps=args.steps,
