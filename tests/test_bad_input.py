@@ -192,6 +192,7 @@ def _check(run, argv, message, inputs, tmp_path, capfd, monkeypatch):
     assert code == 2, err
     assert "Traceback" not in err and "internal error" not in err, err
     assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+    assert all("%|" in line for line in lines[:-1]), err  # nothing else but progress bars (no FFmpeg noise)
     assert message in lines[-1], lines[-1]
     assert _files(inputs, tmp_path) == before, "a failed command left files behind"
 
@@ -227,3 +228,17 @@ def test_read_only_directory_is_refused_for_ordinary_users(tmp_path):
         assert (writable_directory_problem(locked / "sub") is None) == can_write
     finally:
         locked.chmod(0o755)
+
+
+def test_a_non_video_file_gives_one_line_from_a_fresh_process(inputs, tmp_path):
+    """FFmpeg inside OpenCV logs on its own when it first opens a file; only a fresh process shows it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    done = subprocess.run([sys.executable, "-m", "difftrack.cli", "track", str(inputs / "junk.mp4")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: could not decode any frame from {inputs / 'junk.mp4'}; is it a video file OpenCV can read (mp4, avi)?"]
+    assert not list(tmp_path.iterdir())
