@@ -8,30 +8,7 @@ from __future__ import annotations
 
 import torch
 
-
-def word_tokenizer(words: list[str], model_max_length: int = 16):
-    """A word-level fast tokenizer built with the `tokenizers` library (T5-style special tokens)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in words:
-        vocab.setdefault(w.lower(), len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=model_max_length)
-
-
-def tiny_t5(vocab_size: int, d_model: int = 32, seed: int = 0):
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=1, num_heads=4,
-                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5EncoderModel(cfg).eval()
+from difftrack.text import tiny_t5, word_tokenizer
 
 
 DEMO_WORDS = "a the red blue striped checkered disc square moves left right up down over wall floor".split()
@@ -76,20 +53,13 @@ def tiny_llama_stack(hidden: int = 16, max_length: int = 512, seed: int = 0):
 
     Two layers because HunyuanVideo reads the third-to-last hidden state.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaModel
 
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
-    for w in DEMO_WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-                                        unk_token="<unk>", model_max_length=max_length, padding_side="right")
+    tokenizer = word_tokenizer(DEMO_WORDS, max_length, specials=("<pad>", "<bos>", "<eos>", "<unk>"),
+                               template="<bos> $A", pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                               unk_token="<unk>")
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_length,
                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return LlamaModel(cfg).eval(), tokenizer
@@ -101,21 +71,13 @@ def tiny_clip_stack(hidden: int = 16, seed: int = 0):
     Padding uses the end-of-text token as CLIP's does, and its id is not 2, so the pooled output is
     read at the first end-of-text token (CLIP's non-legacy rule).
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    vocab = {"<|endoftext|>": 0, "<|startoftext|>": 1, "<unk>": 2}
-    for w in DEMO_WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 1), ("<|endoftext|>", 0)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", bos_token="<|startoftext|>",
-                                        eos_token="<|endoftext|>", unk_token="<unk>", model_max_length=77)
+    tokenizer = word_tokenizer(DEMO_WORDS, 77, specials=("<|endoftext|>", "<|startoftext|>", "<unk>"),
+                               template="<|startoftext|> $A <|endoftext|>", pad_token="<|endoftext|>",
+                               bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<unk>")
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+    cfg = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden,
                          pad_token_id=0, bos_token_id=1, eos_token_id=0)
     return CLIPTextModel(cfg).eval(), tokenizer

@@ -42,7 +42,7 @@ def build_components(config: dict, seed: int = 0) -> dict:
     from diffusers import CogVideoXTransformer3DModel, FlowMatchEulerDiscreteScheduler
 
     from difftrack.data.synthetic import VOCABULARY
-    from difftrack.testing import tiny_t5, word_tokenizer
+    from difftrack.text import tiny_t5, word_tokenizer
 
     torch.manual_seed(seed)
     transformer = CogVideoXTransformer3DModel(**config)
