@@ -139,3 +139,32 @@ output_prefix = _option_type(lambda text: check_output_file(text, prefix=True), 
 output_prefix.__doc__ = "argparse type: a prefix of output files (PREFIX.npz, PREFIX.json, ...) in a writable directory."
 output_dir = _option_type(check_output_dir, "output directory")
 output_dir.__doc__ = "argparse type: a directory that exists or can be created, and can be written."
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_device_arguments(parser) -> None:
+    """--device and --dtype, as every command that loads a model takes them."""
+    parser.add_argument("--device", default=None,
+                        help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="working precision (default: bfloat16 on a GPU, float32 on the CPU); modules diffusers "
+                             "keeps in float32 stay so")
+
+
+def backbone_options(args) -> dict:
+    """``create_backbone`` keyword arguments (device, dtype) from --device / --dtype and what this machine has."""
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} asks for CUDA, but this torch build sees no GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {args.device}: difftrack runs on cpu or cuda")
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    return {"device": device, "dtype": getattr(torch, dtype)}

@@ -233,7 +233,8 @@ class DiffTracker:
             state.end_xy[idx] = xy[:, -1].numpy()
 
     def meta(self) -> dict:
-        return {"model": self.backbone.name, **asdict(self.config),
+        return {"model": self.backbone.name, "device": str(self.backbone.device),
+                "dtype": str(self.backbone.dtype).removeprefix("torch."), **asdict(self.config),
                 "forwards": self.stats.forwards, "layers_run": self.stats.layers_run}
 
     # ----- internals -----------------------------------------------------------------------------

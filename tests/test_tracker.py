@@ -224,3 +224,26 @@ def test_temporal_modes_and_noise_draws_run(backbone, temporal):
     tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[5], temporal=temporal, noise_draws=2)
     tracks, visible = tracker(video, queries)
     assert tracks.shape == (6, 1, 2) and tracker.stats.forwards == 2 * len(frame_windows(6, 4))
+
+
+def test_wan_in_bfloat16_tracks_and_reports_its_working_dtype(tmp_path):
+    from difftrack.backbones import create_backbone
+    from difftrack.testing import tiny_components, tiny_pipeline_class
+
+    save_pipeline(tiny_components("wan"), tiny_pipeline_class("wan"), tmp_path / "wan")
+    backbone = create_backbone(str(tmp_path / "wan"), dtype=torch.bfloat16)
+    assert backbone.dtype == torch.bfloat16  # though diffusers keeps Wan's norms and embedders in float32
+    video = np.random.default_rng(5).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    tracker = DiffTracker(backbone, num_steps=10, steps=[9])
+    tracks, visible = tracker(video, np.array([[0, 10.0, 12.0]], np.float32))
+    assert tracks.shape == (5, 1, 2) and np.isfinite(tracks).all()
+    assert tracker.meta()["dtype"] == "bfloat16" and tracker.meta()["device"] == "cpu"
+
+
+def test_track_cli_takes_device_and_dtype(tmp_path, pipeline_dir):
+    video = _video(tmp_path)
+    out = tmp_path / "res"
+    assert main(["track", str(video), "--grid", "2", "--model", str(pipeline_dir), "--num-steps", "10", "--steps", "9",
+                 "--device", "cpu", "--dtype", "bfloat16", "--no-video", "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+    assert meta["device"] == "cpu" and meta["dtype"] == "bfloat16"

@@ -78,7 +78,8 @@ class Backbone:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        # diffusers' own reading: modules it keeps in float32 (Wan's norms, embedders) do not count
+        return self.transformer.dtype
 
     @property
     def latent_channels(self) -> int:

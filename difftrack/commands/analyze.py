@@ -27,7 +27,7 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.data.tapvid import DATASETS
 from difftrack.noising import NOISE_MODES
-from difftrack.options import number, output_dir, positive, seed
+from difftrack.options import add_device_arguments, backbone_options, number, output_dir, positive, seed
 
 RANK_METRICS = ("qk_pck", "qk_pck_token", "qk_pck_moved", "qk_pck_token_moved")
 
@@ -48,6 +48,7 @@ def add_arguments(p):
 
     p.add_argument("--model", default=DEFAULT_BACKBONE, help=f"registry name, hub id or pipeline dir "
                                                              f"(default {DEFAULT_BACKBONE})")
+    add_device_arguments(p)
     p.add_argument("--layers", nargs="+", default=["all"], help="`all` (default) or 0-based layer indices")
     p.add_argument("--steps", nargs="+", default=["all"],
                    help="`all` (default) or step indices of the --num-steps schedule (0 = noisiest)")
@@ -121,7 +122,7 @@ def run(args):
 
     if args.prompts:
         read_prompts(args.prompts)  # before the model loads: a missing or empty file fails at once
-    backbone = difftrack.create_backbone(args.model)
+    backbone = difftrack.create_backbone(args.model, **backbone_options(args))
     config = AnalysisConfig(
         model=args.model, layers=_indices(args.layers, "--layers"), steps=_indices(args.steps, "--steps"),
         num_steps=args.num_steps, grid=args.grid, labeller=args.labeller, guidance_scale=args.guidance_scale,

@@ -26,7 +26,16 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support, default_cag_layers
 from difftrack.io import atomic_path, read_prompts, write_video
-from difftrack.options import check_output_dir, check_output_file, integer, number, positive, seed
+from difftrack.options import (
+    add_device_arguments,
+    backbone_options,
+    check_output_dir,
+    check_output_file,
+    integer,
+    number,
+    positive,
+    seed,
+)
 
 
 def add_arguments(p):
@@ -37,6 +46,7 @@ def add_arguments(p):
     p.add_argument("--negative-prompt", default="", help="prompt of the unconditional branch (default: empty)")
     p.add_argument("--model", default=DEFAULT_BACKBONE,
                    help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE})")
+    add_device_arguments(p)
     p.add_argument("--guidance", choices=GUIDANCE_MODES, default="cfg",
                    help="none: conditional prediction only; cfg: classifier-free guidance; cag: CFG plus "
                         "cross-attention guidance (default cfg)")
@@ -114,7 +124,7 @@ def run(args):
         prompts = [args.prompt]
     jobs = plan_outputs(args, prompts)
 
-    backbone = difftrack.create_backbone(args.model)
+    backbone = difftrack.create_backbone(args.model, **backbone_options(args))
     if args.guidance == "cag":
         check_cag_support(backbone)
     layers = resolve_cag_layers(args.cag_layers, args.recommendation, backbone) if args.guidance == "cag" else []

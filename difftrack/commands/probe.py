@@ -40,7 +40,19 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, read_video, write_json, write_video
 from difftrack.noising import NOISE_MODES
-from difftrack.options import check_output_dir, check_output_file, integer, number, output_dir, output_file, output_prefix, positive, seed
+from difftrack.options import (
+    add_device_arguments,
+    backbone_options,
+    check_output_dir,
+    check_output_file,
+    integer,
+    number,
+    output_dir,
+    output_file,
+    output_prefix,
+    positive,
+    seed,
+)
 
 DEFAULT_STEP = 40
 DEFAULT_SWEEP_STEPS = (10, 25, 40)
@@ -93,6 +105,7 @@ def add_arguments(p):
 
     q = sub.add_parser("pictures", help="PCA-as-RGB and K-means cluster pictures of features per frame")
     q.add_argument("--models", nargs="+", default=["tiny-video", "tiny-image"], help="models to picture")
+    add_device_arguments(q)
     q.add_argument("--block", type=integer(min=0), default=None, help="block index (default: the middle block)")
     q.add_argument("--noise-step", type=integer(min=0), default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
     q.add_argument("--num-steps", type=positive, default=50, help="length of the schedule --noise-step indexes")
@@ -111,6 +124,7 @@ def add_arguments(p):
 
 def _model_args(p, multi_block: bool = False):
     p.add_argument("--model", default=DEFAULT_BACKBONE, help="registry name, hub id or local dir")
+    add_device_arguments(p)
     if multi_block:
         p.add_argument("--block", nargs="+", type=integer(min=0), required=True, help="block index(es), 0-based")
     else:
@@ -142,6 +156,7 @@ def _propagation_args(p):
 def _study_args(p):
     from difftrack.probe.tasks import TASKS
 
+    add_device_arguments(p)
     p.add_argument("--num-steps", type=positive, default=50, help="length of the schedule the steps index (default 50)")
     p.add_argument("--noise", choices=NOISE_MODES, default="add", help="add noise (default), clean, or invert")
     p.add_argument("--seed", type=seed, default=0, help="seed of the added noise")
@@ -178,8 +193,8 @@ def staged_dir(out: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load(model):
-    return difftrack.create_backbone(model)
+def _load(model, args):
+    return difftrack.create_backbone(model, **backbone_options(args))
 
 
 def _block(backbone, block):
@@ -241,7 +256,7 @@ def run_features(args):
     video, _ = read_video(args.video)
     out = Path(args.out) if args.out else check_output_file(
         Path(args.video).with_name(Path(args.video).stem + "_features.npz"))
-    backbone = _load(args.model)
+    backbone = _load(args.model, args)
     spec = FeatureSpec(blocks=tuple(args.block), kinds=tuple(args.kinds), step=args.noise_step,
                        num_steps=args.num_steps, noise=args.noise, seed=args.seed, per_frame=args.per_frame,
                        window=args.window)
@@ -339,7 +354,7 @@ def run_propagate(args):
             check_config(cfg, len(video))
     out = Path(args.out) if args.out else check_output_file(
         Path(args.video).with_name(Path(args.video).stem + "_propagated"), prefix=True)
-    backbone = _load(args.model)
+    backbone = _load(args.model, args)
     block = _block(backbone, args.block)
     spec = FeatureSpec(blocks=(block,), kinds=(args.kind,), step=args.noise_step, num_steps=args.num_steps,
                        noise=args.noise, seed=args.seed, per_frame=args.per_frame, window=args.window)
@@ -369,7 +384,7 @@ def _propagate_synthetic(args, mask_cfg, kp_cfg):
     for cfg in (mask_cfg, kp_cfg):
         check_config(cfg, SYNTHETIC_FRAMES)
     out = check_output_file(Path(args.out or f"propagation_{args.model.replace('/', '_')}").with_suffix(".json"))
-    backbone = _load(args.model)
+    backbone = _load(args.model, args)
     block = _block(backbone, args.block)
     backbone.check_layers([block])
     options = TaskOptions(tasks=("masks", "keypoints"), kind=args.kind, mask_config=mask_cfg, keypoint_config=kp_cfg,
@@ -399,7 +414,7 @@ def run_compare(args):
         return _compare_from_sweep(args)
     _check_study(args)
     options = _options(args)
-    video_bb, image_bb = _load(args.video_model), _load(args.image_model)
+    video_bb, image_bb = _load(args.video_model, args), _load(args.image_model, args)
     block = _block(video_bb, args.block)
     for bb in (video_bb, image_bb):
         bb.check_layers([block])
@@ -448,7 +463,7 @@ def run_sweep(args):
 
     _check_study(args)
     options = _options(args)
-    backbones = [_load(m) for m in args.models]
+    backbones = [_load(m, args) for m in args.models]
     blocks = args.blocks if args.blocks is not None else list(range(min(bb.num_layers for bb in backbones)))
     for bb in backbones:
         bb.check_layers(blocks)
@@ -498,7 +513,7 @@ def run_pictures(args):
         clip = generate_clip(0 if args.control else args.synthetic, num_frames=args.frames, control=args.control)
         video, fps = clip.video, 4.0
         name = "brick_wall_pan" if args.control else f"clip{args.synthetic}"
-    backbones = [_load(m) for m in args.models]
+    backbones = [_load(m, args) for m in args.models]
     for bb in backbones:
         bb.check_layers([_block(bb, args.block)])
     with staged_dir(Path(args.out)) as tmp:

@@ -33,7 +33,16 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, check_points, load_points, read_video, write_video
 from difftrack.noising import NOISE_MODES
-from difftrack.options import check_output_file, integer, number, output_prefix, positive, seed
+from difftrack.options import (
+    add_device_arguments,
+    backbone_options,
+    check_output_file,
+    integer,
+    number,
+    output_prefix,
+    positive,
+    seed,
+)
 from difftrack.tracker import TEMPORAL_MODES
 
 
@@ -49,6 +58,7 @@ def add_arguments(p):
     p.add_argument("--grid-frame", type=integer(min=0), default=0, help="frame of the --grid queries (default 0)")
     p.add_argument("--model", default=DEFAULT_BACKBONE,
                    help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE}; see `difftrack models`)")
+    add_device_arguments(p)
     p.add_argument("--layers", nargs="+", default=None, metavar="L",
                    help="attention layers whose q/k are matched (0-based); `auto` reads --recommendation; "
                         "default: the model's own tracking layers")
@@ -114,7 +124,7 @@ def run(args):
     check_points(queries, num_frames, height, width)
     out = Path(args.out) if args.out else check_output_file(Path(args.video).with_name(Path(args.video).stem + "_tracks"), prefix=True)
 
-    backbone = difftrack.create_backbone(args.model)
+    backbone = difftrack.create_backbone(args.model, **backbone_options(args))
     layers, rec_steps, rec_num_steps = resolve_layers(args.layers, args.recommendation, backbone)
     if args.steps is None and rec_steps is not None:
         options_steps, options_num_steps = rec_steps, rec_num_steps
