@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 import difftrack
 from difftrack.data.synthetic import generate_clip
 from difftrack.evaluation import temporal_metrics
-from difftrack.guidance import GuidanceConfig, default_cag_layers
+from difftrack.guidance import GuidanceConfig
 from difftrack.io import atomic_path, write_json, write_video
 from difftrack.sampling import sample
 
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--cfg-scale", type=float, default=6.0)
     p.add_argument("--cag-scale", type=float, default=1.0)
     p.add_argument("--cag-layers", type=int, nargs="+", default=None,
-                   help="default: the model's default CAG layers (difftrack.guidance.default_cag_layers)")
+                   help="default: the model's default CAG layers (Backbone.default_cag_layers)")
     p.add_argument("--layer-source", default="",
                    help="free text recorded in the JSON saying why these layers were chosen")
     p.add_argument("--side-by-side-seed", type=int, default=0)
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     backbone = difftrack.create_backbone(args.model)
-    layers = backbone.check_layers(args.cag_layers) if args.cag_layers else default_cag_layers(backbone)
+    layers = backbone.check_layers(args.cag_layers) if args.cag_layers else backbone.default_cag_layers()
     configs = {"none": GuidanceConfig("none"), "cfg": GuidanceConfig("cfg", args.cfg_scale),
                "cag": GuidanceConfig("cag", args.cfg_scale, args.cag_scale, tuple(layers))}
     frames, height, width = backbone.generation_size()

@@ -363,16 +363,3 @@ class GuidedPredictor:
         by_name = dict(zip(names, preds))
         return combine(by_name["cond"], by_name.get("uncond"), by_name.get("perturbed"), self.config.cfg_scale,
                        self.config.cag_scale)
-
-
-# Default CAG layers by registry name: the DiffTrack paper's for CogVideoX (method.md section 5); for
-# tiny-video the two layers with the best moved-point q-k matching in results/embedded/embedded_eval.md.
-KNOWN_CAG_LAYERS = {"cogvideox-2b": (13, 17, 21), "cogvideox-5b": (15, 17, 18), "tiny-video": (4, 5)}
-
-
-def default_cag_layers(backbone: Backbone) -> list[int]:
-    """The known layers above; otherwise the two middle layers, where matching usually emerges."""
-    if backbone.name in KNOWN_CAG_LAYERS:
-        return backbone.check_layers(list(KNOWN_CAG_LAYERS[backbone.name]))
-    n = backbone.num_layers
-    return sorted({max(n // 2 - 1, 0), n // 2}) if n > 1 else [0]

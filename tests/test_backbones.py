@@ -295,3 +295,42 @@ def test_generation_size_is_the_trained_size_or_a_clear_error(backbones, kind):
         assert (frames, height) == (cfg.sample_frames, cfg.sample_height * bb.spatial_compression)
     with pytest.raises(UserError, match="--height must be positive"):
         bb.generation_size(5, 0, 48)
+
+
+def _known_architecture(kind):
+    """Stock transformers with a real checkpoint's layer and head counts at tiny width."""
+    from diffusers import CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel
+
+    if kind == "hunyuanvideo":
+        return HunyuanVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=24, attention_head_dim=8, num_layers=20,
+            num_single_layers=40, num_refiner_layers=1, mlp_ratio=1.0, patch_size=2, patch_size_t=1,
+            qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=16,
+            rope_axes_dim=(2, 2, 4))
+    layers, heads = {"cogvideox-2b": (30, 30), "cogvideox-5b": (42, 48)}[kind]
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=8 if kind == "cogvideox-2b" else 4, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=8, num_layers=layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        max_text_seq_length=8, use_rotary_positional_embeddings=kind == "cogvideox-5b")
+
+
+@pytest.mark.parametrize("kind, track_layers, track_step, cag_layers", [
+    ("cogvideox-2b", [17], (49, 50), [13, 17, 21]),
+    ("cogvideox-5b", [17], (49, 50), [15, 17, 18]),
+    ("hunyuanvideo", [16], (29, 30), [29, 30]),  # no published CAG layers: the middle two
+])
+def test_method_defaults_come_from_the_architecture(kind, track_layers, track_step, cag_layers):
+    cls = HunyuanVideoBackbone if kind == "hunyuanvideo" else CogVideoXBackbone
+    template = tiny_components("hunyuanvideo" if kind == "hunyuanvideo" else "cogvideox-rope")
+    # Any name: the same weights under a registry name, a hub id or a local directory get the same defaults.
+    for name in (kind, "THUDM/CogVideoX-2b", "/some/local/dir"):
+        bb = cls(name, _known_architecture(kind), template["scheduler"])
+        assert (bb.track_layers(), bb.default_track_step, bb.default_cag_layers()) == (
+            track_layers, track_step, cag_layers)
+
+
+def test_embedded_model_defaults_and_the_middle_layers_elsewhere():
+    video = create_backbone("tiny-video")
+    assert (video.track_layers(), video.default_track_step, video.default_cag_layers()) == ([5], (44, 50), [4, 5])
+    tiny = tiny_backbone("cogvideox-sincos")  # an architecture the method says nothing about
+    assert tiny.track_layers() == [tiny.num_layers // 2] and tiny.default_track_step == (49, 50)

@@ -103,12 +103,32 @@ class Backbone:
         """Latent frames one forward takes in the model's trained setting (the tracking window)."""
         return 13
 
-    # Defaults for tracking when no analysis recommendation is given: (layers, step index, number of steps).
-    default_track_layers: ClassVar[tuple[int, ...]] = ()
-    default_track_step: ClassVar[tuple[int, int]] = (49, 50)
+    # The method's defaults for known architectures, keyed by (attention layers, heads) of the transformer
+    # config, so that a registry name, a hub id and a local directory of the same weights get the same:
+    # {key: {"track_layers": (...), "track_step": (step, num_steps), "cag_layers": (...)}}.
+    method_defaults: ClassVar[dict[tuple[int, int], dict]] = {}
+    fallback_track_step: ClassVar[tuple[int, int]] = (49, 50)
+
+    def _defaults(self) -> dict:
+        return self.method_defaults.get((self.num_layers, self.heads), {})
 
     def track_layers(self) -> list[int]:
-        return list(self.default_track_layers) or [self.num_layers // 2]
+        """Tracking layers without an analysis recommendation: the method's for a known architecture, else
+        the middle layer."""
+        return list(self._defaults().get("track_layers", ())) or [self.num_layers // 2]
+
+    @property
+    def default_track_step(self) -> tuple[int, int]:
+        """(step index, schedule length) tracking reads without a recommendation."""
+        return tuple(self._defaults().get("track_step", self.fallback_track_step))
+
+    def default_cag_layers(self) -> list[int]:
+        """The method's CAG layers for a known architecture; otherwise the two middle layers."""
+        known = self._defaults().get("cag_layers")
+        if known:
+            return self.check_layers(list(known))
+        n = self.num_layers
+        return sorted({max(n // 2 - 1, 0), n // 2}) if n > 1 else [0]
 
     @property
     def recommendation_path(self):

@@ -68,10 +68,11 @@ class EmbeddedBackbone(CogVideoXBackbone):
     """The embedded video model: pixels in, pixels out, one latent frame per video frame."""
 
     family = "embedded"
-    # Where frame-0 q-k matching of tiny-video was best on held-out clips (results/embedded/embedded_eval.md):
-    # layer 5 at s ~ 0.1, which is step 44 of a 50-step rectified-flow schedule.
-    default_track_layers = (5,)
-    default_track_step = (44, 50)
+    # Tracking: where frame-0 q-k matching of tiny-video was best on held-out clips
+    # (results/embedded/embedded_eval.md): layer 5 at s ~ 0.1, step 44 of a 50-step rectified-flow schedule.
+    # CAG: the two layers with the best moved-point q-k matching there. Keyed by the shipped architecture.
+    method_defaults = {(6, 4): {"track_layers": (5,), "track_step": (44, 50), "cag_layers": (4, 5)}}
+    fallback_track_step = (44, 50)
 
     def __init__(self, *args, info: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -27,6 +27,8 @@ HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     family = "hunyuanvideo"
     text_position = "last"
+    # method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.
+    method_defaults = {(60, 24): {"track_layers": (16,), "track_step": (29, 30)}}
 
     def __init__(self, name, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source="",
                  text_encoder_2=None, tokenizer_2=None, max_sequence_length: int = 256, guidance_scale: float = 6.0):

@@ -24,7 +24,7 @@ from pathlib import Path
 import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
-from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support, default_cag_layers
+from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support
 from difftrack.io import atomic_path, read_prompts, write_video
 from difftrack.options import (
     add_device_arguments,
@@ -75,7 +75,7 @@ def add_arguments(p):
 
 def resolve_cag_layers(values, recommendation, backbone) -> list[int]:
     if values is None:
-        return default_cag_layers(backbone)
+        return backbone.default_cag_layers()
     if values == ["auto"]:
         from difftrack.tracker import load_recommendation
 
