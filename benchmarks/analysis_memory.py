@@ -92,7 +92,7 @@ def main(argv=None):
 
     start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        analyzer.reduce_steps(latents, embeds, timed_reduce, progress=True)
+        analyzer.reduce_steps(latents, (embeds, {}), timed_reduce, progress=True)
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     pairs = len(reducer.reductions)
     kept = [sum(a.nbytes for a in vars(r).values() if a is not None) for r in reducer.reductions.values()]

@@ -22,8 +22,11 @@ def check_step(step: int, num_steps: int) -> None:
 
 
 def prepare_latents(backbone, latents: torch.Tensor, mode: str, step: int, num_steps: int, noise: torch.Tensor,
-                    prompt_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    conditioning: tuple[torch.Tensor, dict] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (model input latents, timestep) for one forward at ``step``.
+
+    ``conditioning`` is ``backbone.encode_conditioning(...)`` of the prompt the inversion runs with
+    (default: the empty prompt).
 
     ``noise`` is drawn by the caller once per video, so a frame gets the same noise whichever chunk
     it is processed in.
@@ -36,17 +39,18 @@ def prepare_latents(backbone, latents: torch.Tensor, mode: str, step: int, num_s
     if mode == "clean":
         return latents, t
     if mode == "invert":
-        if prompt_embeds is None:
-            prompt_embeds = backbone.encode_prompt([""] * latents.shape[0])
-        return invert(backbone, latents, timesteps, step, prompt_embeds), t
+        if conditioning is None:
+            conditioning = backbone.encode_conditioning([""] * latents.shape[0])
+        return invert(backbone, latents, timesteps, step, conditioning), t
     raise UserError(f"unknown noise mode {mode!r}; choose one of {', '.join(NOISE_MODES)}")
 
 
 @torch.no_grad()
-def invert(backbone, latents, timesteps, step, prompt_embeds):
+def invert(backbone, latents, timesteps, step, conditioning):
     """Deterministic inversion from clean latents up to ``timesteps[step]`` along the sampler's own schedule."""
     sched = backbone.scheduler
     path = list(reversed(timesteps[step:].tolist()))  # cleanest ... target
+    prompt_embeds, extras = conditioning
     x = latents
     if backbone.prediction_type() == "flow":
         # Rectified flow: x_s = (1 - s) x0 + s noise, the model predicts noise - x0; invert with Euler steps.
@@ -54,7 +58,7 @@ def invert(backbone, latents, timesteps, step, prompt_embeds):
         prev_t = 0.0
         for t in path:
             sigma = float(t) / sched.config.num_train_timesteps
-            v = backbone.predict(x, torch.tensor(prev_t), prompt_embeds)
+            v = backbone.predict(x, torch.tensor(prev_t), prompt_embeds, **extras)
             x = x + (sigma - prev_sigma) * v
             prev_sigma, prev_t = sigma, float(t)
         return x
@@ -66,7 +70,7 @@ def invert(backbone, latents, timesteps, step, prompt_embeds):
         prev_t = None
         for t in path:
             t_in = torch.tensor(prev_t if prev_t is not None else 0)
-            out = backbone.predict(x, t_in, prompt_embeds).float()
+            out = backbone.predict(x, t_in, prompt_embeds, **extras).float()
             a_prev = prev_alpha
             x0, eps = _split_prediction(sched.config.prediction_type, x.float(), out, a_prev)
             a_t = acp[int(t)]

@@ -175,7 +175,7 @@ class DiffTracker:
                             f"{cfg.noise_draws}, {cfg.candidates} and {cfg.motion_sigma}")
         self.config = cfg
         self.stats = TrackerStats()
-        self._empty_prompt = None
+        self._conditioning = None  # the empty prompt's (embeddings, extras), computed once
 
     # ----- public API ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -247,9 +247,9 @@ class DiffTracker:
         frames = np.stack([cv2.resize(f, (ww, wh), interpolation=cv2.INTER_AREA) for f in video])
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
         latents = bb.encode_video(pixels.to(bb.device), frame_as_latent=True)
-        if self._empty_prompt is None:
-            self._empty_prompt = bb.encode_prompt([""])
-        geometry = bb.geometry(latents, self._empty_prompt.shape[1], frame_size=(height, width),
+        if self._conditioning is None:
+            self._conditioning = bb.encode_conditioning([""])
+        geometry = bb.geometry(latents, self._conditioning[0].shape[1], frame_size=(height, width),
                                frame_as_latent=True, rgb_frames=num_frames)
         return latents, geometry
 
@@ -261,9 +261,10 @@ class DiffTracker:
         for draw in range(cfg.noise_draws):
             noise = frame_noise(window_latents.shape, frames, cfg.seed, draw).to(window_latents)
             for step in cfg.steps:
-                x, t = prepare_latents(bb, window_latents, cfg.noise, step, cfg.num_steps, noise, self._empty_prompt)
+                x, t = prepare_latents(bb, window_latents, cfg.noise, step, cfg.num_steps, noise, self._conditioning)
                 with DescriptorCapture(bb, cfg.layers, early_exit=True) as cap:
-                    cap.run(bb.predict, x, t, self._empty_prompt)
+                    embeds, extras = self._conditioning
+                    cap.run(bb.predict, x, t, embeds, **extras)
                 self.stats.forwards += 1
                 self.stats.layers_run += max(cfg.layers) + 1
                 for layer in cfg.layers:

@@ -326,3 +326,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(model_dir, tmp_path, ca
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     assert "could not decode" in _cli_error(capsys, base + ["--video", str(tmp_path / "bad.mp4")])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("noise", ["add", "invert"])
+def test_real_video_analysis_on_hunyuanvideo_passes_its_pooled_conditioning(tmp_path, noise):
+    from difftrack.testing import tiny_backbone
+
+    config = AnalysisConfig(model="hunyuan", layers=[0, 1], steps=[2], num_steps=4, grid=2, num_frames=5,
+                            height=32, width=32, noise=noise, features=False)
+    results = run_analysis(Analyzer(tiny_backbone("hunyuanvideo"), config), [VideoJob("synthetic", "5", seed=5)],
+                           tmp_path, progress=False)
+    assert np.isfinite(np.asarray(results["videos"][0]["metrics"]["attn_cross"], float)).all()

@@ -247,3 +247,14 @@ def test_track_cli_takes_device_and_dtype(tmp_path, pipeline_dir):
                  "--device", "cpu", "--dtype", "bfloat16", "--no-video", "--out", str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())["meta"]
     assert meta["device"] == "cpu" and meta["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("noise", ["add", "invert"])
+def test_hunyuanvideo_tracks_with_its_pooled_text_conditioning(noise):
+    from difftrack.testing import tiny_backbone
+
+    backbone = tiny_backbone("hunyuanvideo")  # its predict needs the CLIP pooled projection as well
+    video = np.random.default_rng(6).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    tracker = DiffTracker(backbone, num_steps=4, steps=[2], noise=noise)
+    tracks, visible = tracker(video, np.array([[0, 10.0, 12.0], [2, 20.0, 5.0]], np.float32))
+    assert tracks.shape == (5, 2, 2) and np.isfinite(tracks).all()

@@ -242,14 +242,14 @@ class Analyzer:
         frames = np.stack([cv2.resize(f, (ww, wh), interpolation=cv2.INTER_AREA) for f in video])
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
         latents = bb.encode_video(pixels.to(bb.device))
-        embeds = bb.encode_prompt([""])
-        geometry = bb.geometry(latents, embeds.shape[1], frame_size=(height, width), rgb_frames=num_frames)
-        return latents, embeds, geometry
+        conditioning = bb.encode_conditioning([""])
+        geometry = bb.geometry(latents, conditioning[0].shape[1], frame_size=(height, width), rgb_frames=num_frames)
+        return latents, conditioning, geometry
 
     def analyze_real(self, job: VideoJob, want_figures: bool, progress: bool):
         bb, cfg = self.backbone, self.config
         video, tracks, visible, clip = self.load_real(job)
-        latents, embeds, geometry = self.encode_real(video)
+        latents, conditioning, geometry = self.encode_real(video)
         if tracks is None:  # label a token-centre grid: exactly for generator clips, else with the labeller
             query_xy = grid_query_tokens(geometry, cfg.grid)
             queries = np.concatenate([np.zeros((len(query_xy), 1)), geometry.token_to_pixel(query_xy)], 1)
@@ -264,20 +264,21 @@ class Analyzer:
             query_xy = geometry.pixel_to_token(tracks[0])
         reducer = StepReducer(geometry, query_xy, window=cfg.refine_window, backend=cfg.backend,
                               **self._figure_selection(geometry, query_xy, want_figures))
-        self.reduce_steps(latents, embeds, reducer, desc=f"analysing {job.name}", progress=progress)
+        self.reduce_steps(latents, conditioning, reducer, desc=f"analysing {job.name}", progress=progress)
         return video, geometry, reducer, tracks, visible
 
-    def reduce_steps(self, latents, embeds, reducer, desc="analysing", progress=False) -> None:
+    def reduce_steps(self, latents, conditioning, reducer, desc="analysing", progress=False) -> None:
         """Per requested step: bring clean ``latents`` to it (``noise`` mode), one forward with the empty
-        prompt ``embeds``, stopping after the deepest requested layer; ``reducer`` keeps the reductions."""
+        prompt's ``conditioning`` (embeddings, extras), stopping after the deepest requested layer;
+        ``reducer`` keeps the reductions."""
         bb, cfg = self.backbone, self.config
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(cfg.seed)).to(latents)
         for step in tqdm(self.steps, desc=desc, unit="step", disable=not progress, leave=False):
-            x, t = prepare_latents(bb, latents, cfg.noise, step, cfg.num_steps, noise, embeds)
+            x, t = prepare_latents(bb, latents, cfg.noise, step, cfg.num_steps, noise, conditioning)
             with DescriptorCapture(bb, self.layers, features=cfg.features, early_exit=True,
                                    on_capture=reducer) as cap:
                 cap.step = step
-                cap.run(bb.predict, x, t, embeds)
+                cap.run(bb.predict, x, t, conditioning[0], **conditioning[1])
 
     # ----- one video ---------------------------------------------------------------------------------
     def analyze(self, job: VideoJob, want_figures: bool = False, progress: bool = False):

@@ -183,7 +183,7 @@ def extract_features(backbone: Backbone, video: np.ndarray, spec: FeatureSpec, p
     for start in tqdm(starts, desc="features", unit="forward", disable=not progress):
         frames = slice(start, min(start + window, num_frames))
         x, t = prepare_latents(backbone, latents[:, frames], spec.noise, spec.step, spec.num_steps, noise[:, frames],
-                               prompt)
+                               (prompt, extras))
         tokens = x.shape[1] * geometry.tokens_per_frame
         capture = DescriptorCapture(backbone, blocks if attention_kinds else [], features="feature" in spec.kinds)
         with capture, _BlockOutputs(backbone, blocks if "block" in spec.kinds else [], tokens, blocks[-1]) as outs:
