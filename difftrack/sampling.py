@@ -7,7 +7,6 @@ can key on the step (``capture.step = step_index``).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -56,8 +55,7 @@ def sample(backbone: Backbone, prompts: str | list[str], num_frames: int, height
     latents = initial_noise(backbone, len(prompts), num_frames, height, width, seed)
     cond = backbone.encode_conditioning(prompts)
     uncond = backbone.encode_conditioning([negative_prompt] * len(prompts)) if guidance.uses_uncond else None
-    scheduler = copy.deepcopy(backbone.scheduler)
-    scheduler.set_timesteps(num_steps, device=latents.device)
+    scheduler = backbone.schedule(num_steps, device=latents.device)
     with GuidedPredictor(backbone, guidance, cond, uncond) as predictor:
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", unit="step", leave=False,
                                    disable=not progress)):

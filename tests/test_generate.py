@@ -146,3 +146,15 @@ def test_help_has_examples(capsys):
     text = capsys.readouterr().out
     assert "examples:" in text and "--guidance cag" in text and "--prompts-file" in text
     assert all(flag in text for flag in ("--cag-layers", "--cag-scale", "--cfg-scale", "--sequential-branches"))
+
+
+@pytest.mark.parametrize("kind", ["hunyuanvideo", "cogvideox-rope"])
+def test_sampler_steps_through_the_schedule_tracking_and_analysis_index(kind):
+    from difftrack.sampling import sample
+    from difftrack.testing import tiny_backbone
+
+    bb = tiny_backbone(kind)
+    seen = []
+    sample(bb, "a disc moves up", num_frames=9, height=32, width=32, num_steps=4, seed=0,
+           on_step=lambda i, t: seen.append(float(t)))
+    assert seen == bb.timesteps(4).tolist()  # HunyuanVideo: the stock pipeline's sigmas, in both

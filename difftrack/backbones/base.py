@@ -143,13 +143,22 @@ class Backbone:
         m = self.spatial_compression * self.patch_size
         return max(m, round(height / m) * m), max(m, round(width / m) * m)
 
-    def timesteps(self, num_steps: int) -> torch.Tensor:
-        """The sampler's timestep schedule; step index i of ``num_steps`` is ``timesteps(num_steps)[i]``."""
+    def schedule(self, num_steps: int, device=None):
+        """A copy of the scheduler set to the sampler's ``num_steps``-step schedule: what `generate` steps
+        through and what tracking and analysis index, one schedule for both."""
         import copy
 
         sched = copy.deepcopy(self.scheduler)
-        sched.set_timesteps(num_steps)
-        return sched.timesteps
+        self.set_timesteps(sched, num_steps, device)
+        return sched
+
+    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
+        """How the family's stock pipeline sets its schedule (adapters override)."""
+        scheduler.set_timesteps(num_steps, device=device)
+
+    def timesteps(self, num_steps: int) -> torch.Tensor:
+        """The sampler's timestep schedule; step index i of ``num_steps`` is ``timesteps(num_steps)[i]``."""
+        return self.schedule(num_steps).timesteps
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timestep) -> torch.Tensor:
         """Forward-diffuse clean latents to ``timestep``.

@@ -60,15 +60,11 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     def max_frames(self) -> int:
         return 33  # the stock pipeline's 129 RGB frames
 
-    def timesteps(self, num_steps: int) -> torch.Tensor:
+    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
         """The stock pipeline's schedule: sigmas linear from 1 to 1/num_steps, then the scheduler's shift."""
-        import copy
-
         import numpy as np
 
-        sched = copy.deepcopy(self.scheduler)
-        sched.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1])
-        return sched.timesteps
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1], device=device)
 
     # ----- text --------------------------------------------------------------------------------
     @property
