@@ -334,3 +334,19 @@ def test_embedded_model_defaults_and_the_middle_layers_elsewhere():
     assert (video.track_layers(), video.default_track_step, video.default_cag_layers()) == ([5], (44, 50), [4, 5])
     tiny = tiny_backbone("cogvideox-sincos")  # an architecture the method says nothing about
     assert tiny.track_layers() == [tiny.num_layers // 2] and tiny.default_track_step == (49, 50)
+
+
+@pytest.mark.parametrize("kind", ["cogvideox-rope", "hunyuanvideo", "wan"])
+def test_vae_slicing_and_tiling_are_on_and_change_nothing_at_small_sizes(backbones, kind):
+    bb = backbones[kind]
+    assert bb.vae.use_slicing and bb.vae.use_tiling
+    video = _video(frames=3, size=32)
+    with torch.no_grad():
+        sliced = bb.encode_video(video, frame_as_latent=True)
+        bb.vae.use_slicing = bb.vae.use_tiling = False
+        try:
+            whole = bb.encode_video(video, frame_as_latent=True)
+        finally:
+            bb.vae.use_slicing = bb.vae.use_tiling = True
+    # one sample at a time against one batch: the same convolutions, batched differently
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)

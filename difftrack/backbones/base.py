@@ -42,6 +42,11 @@ class Backbone:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.source = source
+        # The stock VAEs' own memory switches: one sample of the batch at a time (frame-as-latent encodes
+        # every frame as a sample) and overlapping spatial tiles above the VAE's tile size.
+        for switch in ("enable_slicing", "enable_tiling"):
+            if hasattr(vae, switch):
+                getattr(vae, switch)()
 
     # ----- structure ---------------------------------------------------------------------------
     @property
