@@ -23,8 +23,11 @@ MAX_SEED = 2**63 - 1
 
 
 def _bounds(min, max, min_inclusive=True) -> str:
-    lower = None if min is None else (f">= {min:g}" if min_inclusive else f"> {min:g}")
-    upper = None if max is None else f"<= {max:g}"
+    def text(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    lower = None if min is None else (f">= {text(min)}" if min_inclusive else f"> {text(min)}")
+    upper = None if max is None else f"<= {text(max)}"
     return " and ".join(b for b in (lower, upper) if b)
 
 
