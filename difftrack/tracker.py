@@ -62,9 +62,11 @@ class TrackerConfig:
     bidirectional: bool = True  # average C[s->j] with C[j->s]^T
     temporal: str = "viterbi"  # "viterbi": HMM over candidates with a motion prior; "none": per-frame argmax
     candidates: int = 256  # tokens per frame the Viterbi pass chooses from (all of them on small grids)
-    motion_sigma: float = 2.0  # tokens per frame (calibrated on generator seeds 500000-500011)
-    emission_weight: float = 1.0  # weight of log(cost) against the motion prior
-    occluded_log_cost: float = -6.0
+    # The Viterbi pass's motion model (difftrack.decoding.MotionModel; its defaults were chosen on generator
+    # seeds 500000-500011): tokens per frame, weight of log(cost) against the prior, cost of being hidden.
+    motion_sigma: float = MotionModel.sigma
+    emission_weight: float = MotionModel.emission_weight
+    occluded_log_cost: float = MotionModel.occluded_log_cost
     cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
     peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
     seed: int = 0
@@ -203,17 +205,24 @@ class DiffTracker:
                 bar.update(1)
         bar.close()
         self.diagnostics = {"cycle_error": state.cycle_error, "peak": state.peak, "hidden": state.hidden}
-        visible = ~state.hidden & self.occlusion_call(state.cycle_error, state.peak)
-        rows = np.arange(len(queries))
-        state.tracks[queries[:, 0].astype(int), rows] = queries[:, 1:]
-        visible[queries[:, 0].astype(int), rows] = True
-        return state.tracks, visible
+        return self.result(state, num_frames)
+
+    def result(self, state: "TrackState", frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tracks (frames, N, 2) and visibility (frames, N) of the first ``frames`` frames of ``state``;
+        each query is itself, visible, on its own frame."""
+        tracks = state.tracks[:frames].copy()
+        visible = ~state.hidden[:frames] & self.occlusion_call(state.cycle_error[:frames], state.peak[:frames])
+        query_frames = state.queries[:, 0].astype(int)
+        seen = np.nonzero(query_frames < frames)[0]
+        tracks[query_frames[seen], seen] = state.queries[seen, 1:]
+        visible[query_frames[seen], seen] = True
+        return tracks, visible
 
     def track_window(self, window_latents, geometry, frames: list[int], direction: int, state: "TrackState") -> None:
         """Extend every track whose current end lies in ``frames`` (and has frames left there in ``direction``)
         to the window's far end; ``window_latents`` are the latents of ``frames``. Skips the forward when no
         track needs the window."""
-        first, last = (frames[0], frames[-1]) if direction > 0 else (frames[-1], frames[0])
+        last = frames[-1] if direction > 0 else frames[0]
         ends = state.end_frame
         active = np.nonzero((ends >= min(frames)) & (ends <= max(frames)) & (ends != last))[0]
         if not len(active):
@@ -334,9 +343,11 @@ class TrackState:
     @classmethod
     def start(cls, queries: np.ndarray, geometry, num_frames: int) -> "TrackState":
         n = len(queries)
-        return cls(queries=queries, start_xy=geometry.pixel_to_token(queries[:, 1:]).astype(np.float32),
-                   tracks=np.zeros((num_frames, n, 2), np.float32), hidden=np.zeros((num_frames, n), bool),
-                   cycle_error=np.zeros((num_frames, n), np.float32), peak=np.ones((num_frames, n), np.float32))
+        state = cls(queries=queries, start_xy=geometry.pixel_to_token(queries[:, 1:]).astype(np.float32),
+                    tracks=np.zeros((0, n, 2), np.float32), hidden=np.zeros((0, n), bool),
+                    cycle_error=np.zeros((0, n), np.float32), peak=np.ones((0, n), np.float32))
+        state.grow(num_frames)
+        return state
 
     def grow(self, num_frames: int) -> None:
         """Room for ``num_frames`` frames (online tracking learns the length as frames arrive)."""
@@ -421,16 +432,10 @@ class DiffTrackerOnline:
         self.tracker.track_window(self.latents[:, local], self.geometry, frames, +1, self.state)
 
     def _result(self, frames: int):
-        state, rows = self.state, np.arange(len(self.queries))
-        visible = ~state.hidden[:frames] & self.tracker.occlusion_call(state.cycle_error[:frames], state.peak[:frames])
-        tracks = state.tracks[:frames].copy()
-        query_frames = self.queries[:, 0].astype(int)
-        for n, t in enumerate(query_frames):
+        tracks, visible = self.tracker.result(self.state, frames)
+        for n, t in enumerate(self.queries[:, 0].astype(int)):  # online tracking runs forward only
             tracks[:min(t, frames), n] = self.queries[n, 1:]
             visible[:min(t, frames), n] = False
-        seen = query_frames < frames
-        tracks[query_frames[seen], rows[seen]] = self.queries[seen, 1:]
-        visible[query_frames[seen], rows[seen]] = True
         return tracks, visible
 
 

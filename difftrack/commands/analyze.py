@@ -80,9 +80,9 @@ def _indices(values: list[str], flag: str) -> list[int] | None:
         raise UserError(f"{flag} takes `all` or integers, got {' '.join(values)}") from None
 
 
-def build_jobs(args, analyzer) -> list:
+def build_jobs(args, analyzer, prompts: list[str] | None) -> list:
+    """The videos to analyse; ``prompts`` are those of --prompts, read by the caller."""
     from difftrack.analysis.runner import VideoJob
-    from difftrack.io import read_prompts
 
     sources = [s for s in ("prompts", "video", "tapvid", "synthetic_seeds") if getattr(args, s)]
     if len(sources) != 1:
@@ -90,7 +90,6 @@ def build_jobs(args, analyzer) -> list:
     if args.tracks and not args.video:
         raise UserError("--tracks goes with --video")
     if args.prompts:
-        prompts = read_prompts(args.prompts)
         return [VideoJob("generated", f"p{i:03d}-s{seed}", prompt=prompt, seed=seed)
                 for i, prompt in enumerate(prompts) for seed in args.seeds]
     if args.synthetic_seeds:
@@ -120,8 +119,7 @@ def run(args):
     from difftrack.analysis.runner import AnalysisConfig, Analyzer, run_analysis
     from difftrack.io import read_prompts
 
-    if args.prompts:
-        read_prompts(args.prompts)  # before the model loads: a missing or empty file fails at once
+    prompts = read_prompts(args.prompts) if args.prompts else None  # before the model loads
     backbone = difftrack.create_backbone(args.model, **backbone_options(args))
     config = AnalysisConfig(
         model=args.model, layers=_indices(args.layers, "--layers"), steps=_indices(args.steps, "--steps"),
@@ -129,10 +127,10 @@ def run(args):
         num_frames=args.frames, height=args.height, width=args.width, frame_stride=args.frame_stride,
         noise=args.noise, seed=args.seed, features=not args.no_features)
     analyzer = Analyzer(backbone, config)
-    jobs = build_jobs(args, analyzer)
+    jobs = build_jobs(args, analyzer, prompts)
     # Errors that would otherwise surface mid-run, before anything is written:
     if args.prompts:
-        backbone.check_prompt_words(read_prompts(args.prompts))
+        backbone.check_prompt_words(prompts)
         analyzer.generation_size()
     if args.prompts or (args.video and not args.tracks):
         analyzer.labeller  # noqa: B018 - builds the labeller (CoTracker: checks the local cache)
