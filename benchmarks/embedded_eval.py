@@ -110,12 +110,12 @@ def ncc_windows(noisy: torch.Tensor, patch: int, window: int) -> torch.Tensor:
     return cols - cols.mean(-1, keepdim=True)
 
 
-def make_clips(seeds: list[int], frames: int, size: tuple[int, int], patch: int) -> dict:
+def make_clips(seeds: list[int], frames: int, size: tuple[int, int], patch: int, aperiodic: bool = False) -> dict:
     """Frames and ground truth of generator clips, as stored in the frozen acceptance file."""
     grid = size[1] // patch
     out = {"seeds": [], "video": [], "query_index": [], "true_tok": [], "visible": [], "moved": []}
     for seed in seeds:
-        clip = generate_clip(seed, num_frames=frames, height=size[0], width=size[1])
+        clip = generate_clip(seed, num_frames=frames, height=size[0], width=size[1], aperiodic=aperiodic)
         query_index, true_tok, visible, moved = clip_targets(clip, grid, size[1] / grid)
         for name, value in zip(("seeds", "video", "query_index", "true_tok", "visible", "moved"),
                                (seed, clip.video, query_index, true_tok, visible, moved)):
@@ -129,7 +129,7 @@ def load_clips(path: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: str, clips: dict, backend: str, progress: bool = True) -> dict:
+def evaluate(model: str, clips: dict, backend: str, progress: bool = True, noise_levels=NOISE_LEVELS) -> dict:
     bb = create_backbone(model)
     size = bb.native_size
     patch = bb.patch_size
@@ -138,8 +138,8 @@ def evaluate(model: str, clips: dict, backend: str, progress: bool = True) -> di
         raise SystemExit(f"error: the clips are {clips['video'].shape[2:4]}, {model} works at {tuple(size)}")
     layers = list(range(bb.num_layers))
     embeds = bb.encode_prompt([""])
-    tallies = {(kind, layer, s): Tally() for kind in ("qk", "feature") for layer in layers for s in NOISE_LEVELS}
-    base = {(kind, s): Tally() for kind in BASELINES for s in NOISE_LEVELS}
+    tallies = {(kind, layer, s): Tally() for kind in ("qk", "feature") for layer in layers for s in noise_levels}
+    base = {(kind, s): Tally() for kind in BASELINES for s in noise_levels}
     for c, seed in enumerate(tqdm(clips["seeds"].tolist(), desc=f"{model}: held-out clips", disable=not progress)):
         query_index, true_tok = clips["query_index"][c], clips["true_tok"][c]
         visible, moved = clips["visible"][c], clips["moved"][c]
@@ -147,7 +147,7 @@ def evaluate(model: str, clips: dict, backend: str, progress: bool = True) -> di
         latents = bb.encode_video(x0)
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
         zero = np.broadcast_to(query_index[:, None], visible.shape)
-        for s in NOISE_LEVELS:
+        for s in noise_levels:
             noisy = ((1 - s) * latents.float() + s * noise).to(bb.dtype)
             # early_exit: the forward stops after the last layer's attention (its MLP and the output head
             # are not needed for descriptors)
@@ -168,10 +168,10 @@ def evaluate(model: str, clips: dict, backend: str, progress: bool = True) -> di
             base[("zero_motion", s)].add(correct_from_argmax(zero, true_tok, grid[1]), moved, visible)
     return {
         "model": model, "describe": bb.describe(),
-        "qk": {f"{layer}": {f"{s}": tallies[("qk", layer, s)].result() for s in NOISE_LEVELS} for layer in layers},
-        "feature": {f"{layer}": {f"{s}": tallies[("feature", layer, s)].result() for s in NOISE_LEVELS}
+        "qk": {f"{layer}": {f"{s}": tallies[("qk", layer, s)].result() for s in noise_levels} for layer in layers},
+        "feature": {f"{layer}": {f"{s}": tallies[("feature", layer, s)].result() for s in noise_levels}
                     for layer in layers},
-        "baselines": {kind: {f"{s}": base[(kind, s)].result() for s in NOISE_LEVELS} for kind in BASELINES},
+        "baselines": {kind: {f"{s}": base[(kind, s)].result() for s in noise_levels} for kind in BASELINES},
     }
 
 
@@ -224,6 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--clips-file", default=str(FROZEN_CLIPS), help="frozen clips (default: the acceptance set)")
     p.add_argument("--generate", action="store_true",
                    help="draw --clips clips of the current generator from --seed-start instead of the frozen file")
+    p.add_argument("--aperiodic", action="store_true",
+                   help="--generate: the aperiodic distribution (walls and sprites speckled or photographic)")
     p.add_argument("--clips", type=positive, default=20)
     p.add_argument("--seed-start", type=seed, default=EVAL_SEED_START)
     p.add_argument("--frames", type=positive, default=8)
@@ -239,7 +241,7 @@ def main(argv=None) -> int:
         print(f"error: held-out seeds must stay below {TRAIN_SEED_OFFSET} (training seeds)", file=sys.stderr)
         return 2
     if args.freeze or args.generate:
-        clips = make_clips(seeds, args.frames, (args.size, args.size), args.patch)
+        clips = make_clips(seeds, args.frames, (args.size, args.size), args.patch, aperiodic=args.aperiodic)
     else:
         clips = load_clips(Path(args.clips_file))
     if args.freeze:

@@ -50,13 +50,21 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True
     checkpoint_minutes: float = 4.0
+    # Recipe axes of the screening study (benchmarks/embedded_screening.py); the defaults are the v2 recipe.
+    aperiodic: bool = False  # walls and sprites only speckled or photographic
+    anchor_clean: float = 0.0  # fraction of clips whose first trained frame is nearly clean (s < 0.02)
+    loss_weight: str = "uniform"  # or "mid": weight 4 s (1 - s), favouring mid noise over the extremes
+    curriculum: float = 0.0  # fraction of the steps (the first) trained on consecutive frames only
+
+
+LOSS_WEIGHTS = ("uniform", "mid")
 
 
 def logit_normal(generator, shape) -> torch.Tensor:
     return torch.sigmoid(torch.randn(shape, generator=generator))
 
 
-def noise_levels(generator, batch: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def noise_levels(generator, batch: int, frames: int, anchor_clean: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(clip level s (B,), per-frame levels (B, F)): the timestep the model is told is the clip level."""
     s = logit_normal(generator, (batch,))
     per_frame = s[:, None].expand(batch, frames).clone()
@@ -67,14 +75,20 @@ def noise_levels(generator, batch: int, frames: int) -> tuple[torch.Tensor, torc
     nearly_clean = 0.05 * torch.rand(batch, generator=generator)
     rows = torch.nonzero(one_clean).flatten()
     per_frame[rows, idx[rows]] = nearly_clean[rows]
+    if anchor_clean > 0:  # drawn only then, so the v2 recipe's noise stays bit-identical
+        anchored = torch.nonzero(torch.rand(batch, generator=generator) < anchor_clean).flatten()
+        per_frame[anchored, 0] = 0.02 * torch.rand(len(anchored), generator=generator)
     return s, per_frame
 
 
 def frame_subset(cfg: TrainConfig, step: int) -> np.ndarray:
-    """The sorted clip frames trained on at ``step`` (all of them when ``sample_frames >= frames``)."""
+    """The sorted clip frames trained on at ``step`` (all of them when ``sample_frames >= frames``):
+    a random subset, or consecutive frames at a random start during the curriculum's first steps."""
     if cfg.sample_frames >= cfg.frames:
         return np.arange(cfg.frames)
     rng = np.random.default_rng((cfg.seed, step))
+    if step < cfg.curriculum * cfg.steps:
+        return rng.integers(0, cfg.frames - cfg.sample_frames + 1) + np.arange(cfg.sample_frames)
     return np.sort(rng.choice(cfg.frames, size=cfg.sample_frames, replace=False))
 
 
@@ -87,7 +101,7 @@ def training_batch(cfg: TrainConfig, step: int):
     videos, captions = [], []
     for i in range(cfg.batch):
         clip = generate_clip(TRAIN_SEED_OFFSET + cfg.seed * 10_000_000 + step * cfg.batch + i, num_frames=cfg.frames,
-                             height=cfg.size, width=cfg.size)
+                             height=cfg.size, width=cfg.size, aperiodic=cfg.aperiodic)
         videos.append(torch.from_numpy(clip.video[frames]).permute(0, 3, 1, 2))
         captions.append(clip.caption)
     return torch.stack(videos).float() / 127.5 - 1.0, captions, frames
@@ -132,7 +146,7 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch
     b, f = x0.shape[:2]
     drop = torch.rand(b, generator=g) < cfg.caption_dropout
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    s, per_frame = noise_levels(g, b, f)
+    s, per_frame = noise_levels(g, b, f, cfg.anchor_clean)
     noise = torch.randn(x0.shape, generator=g)
     sf = per_frame[:, :, None, None, None]
     xs = (1 - sf) * x0 + sf * noise
@@ -150,7 +164,9 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch
             timestep = timestep.repeat_interleave(f)
         pred = transformer(hidden_states=xs, encoder_hidden_states=text, timestep=timestep, image_rotary_emb=rope,
                            return_dict=False)[0]
-    return torch.nn.functional.mse_loss(pred.float().reshape(target.shape), target)
+    error = (pred.float().reshape(target.shape) - target).square().flatten(1).mean(1)
+    weight = 4 * s * (1 - s) if cfg.loss_weight == "mid" else torch.ones_like(s)
+    return (weight * error).mean()
 
 
 def _save_checkpoint(run_dir: Path, components, optimizer, lr_schedule, step, history, cfg) -> None:
@@ -185,7 +201,8 @@ def _load_checkpoint(run_dir: Path, components, optimizer, lr_schedule, cfg):
     state = json.loads((ckpt / "state.json").read_text())
     # --steps may change between invocations: a run can be extended, or finished at its last checkpoint.
     free = ("out", "run_dir", "checkpoint_minutes", "steps")
-    saved = {k: v for k, v in state["config"].items() if k not in free}
+    # Checkpoints written before a recipe axis existed hold its default.
+    saved = {k: v for k, v in {**asdict(TrainConfig("", "")), **state["config"]}.items() if k not in free}
     now = {k: v for k, v in asdict(cfg).items() if k not in free}
     if saved != now:
         diff = ", ".join(f"{k}: {saved.get(k)} -> {now.get(k)}" for k in now if saved.get(k) != now.get(k))
@@ -211,6 +228,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise UserError("--steps, --batch, --frames, --sample-frames, --layers and --heads must be positive")
     if cfg.head_dim < 2 or cfg.head_dim % 2:
         raise UserError(f"--head-dim must be even and at least 2 (rotary positions rotate channel pairs), got {cfg.head_dim}")
+    if cfg.loss_weight not in LOSS_WEIGHTS:
+        raise UserError(f"--loss-weight must be one of {', '.join(LOSS_WEIGHTS)}, got {cfg.loss_weight!r}")
+    if not (0 <= cfg.anchor_clean <= 1 and 0 <= cfg.curriculum <= 1):
+        raise UserError("--anchor-clean and --curriculum are fractions in [0, 1]")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UserError(f"--lr must be a finite number > 0, got {cfg.lr}")
     run_dir = Path(cfg.run_dir)

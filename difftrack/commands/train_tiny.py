@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from difftrack.options import integer, number, output_dir, positive, seed
+from difftrack.train import LOSS_WEIGHTS
 
 
 def add_arguments(parser):
@@ -33,6 +34,17 @@ def add_arguments(parser):
     parser.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     parser.add_argument("--checkpoint-minutes", type=number(min=0, min_inclusive=False), default=4.0,
                         help="minutes between checkpoints (default 4)")
+    recipe = parser.add_argument_group("recipe axes (defaults: the shipped v2 recipe)")
+    recipe.add_argument("--aperiodic", action="store_true",
+                        help="walls and sprite textures only speckled or photographic (no stripes, checkers, bricks)")
+    recipe.add_argument("--anchor-clean", type=number(min=0, max=1), default=0.0, metavar="FRACTION",
+                        help="fraction of clips whose first trained frame is kept nearly clean (s < 0.02), as in "
+                             "image-to-video training (default 0)")
+    recipe.add_argument("--loss-weight", choices=LOSS_WEIGHTS, default="uniform",
+                        help="per-clip loss weight: uniform, or mid = 4 s (1 - s), favouring mid noise (default uniform)")
+    recipe.add_argument("--curriculum", type=number(min=0, max=1), default=0.0, metavar="FRACTION",
+                        help="fraction of the steps, the first, trained on consecutive frames only (small frame "
+                             "gaps first; default 0)")
 
 
 def run(args):
@@ -42,6 +54,7 @@ def run(args):
                       sample_frames=args.sample_frames,
                       image_twin=args.image_twin, layers=args.layers, heads=args.heads, head_dim=args.head_dim,
                       size=args.size, lr=args.lr, warmup=args.warmup, seed=args.seed, bf16=not args.no_bf16,
-                      checkpoint_minutes=args.checkpoint_minutes)
+                      checkpoint_minutes=args.checkpoint_minutes, aperiodic=args.aperiodic,
+                      anchor_clean=args.anchor_clean, loss_weight=args.loss_weight, curriculum=args.curriculum)
     summary = train(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))

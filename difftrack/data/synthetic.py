@@ -256,9 +256,11 @@ def _direction_word(delta: np.ndarray) -> str:
 
 
 def generate_clip(seed: int, num_frames: int = 8, height: int = 64, width: int = 64, max_sprites: int = 3,
-                  speed: float | None = None, control: bool = False) -> Clip:
+                  speed: float | None = None, control: bool = False, aperiodic: bool = False) -> Clip:
     """Render clip ``seed``. ``speed`` scales all motion (default: drawn per clip, like a random frame
-    stride); ``control`` gives the sprite-free "camera pans over a uniform brick wall" clip."""
+    stride); ``control`` gives the sprite-free "camera pans over a uniform brick wall" clip;
+    ``aperiodic`` draws walls and sprite textures only from the locally distinctive kinds (speckled,
+    photographic), with the same random draws otherwise."""
     rng = np.random.default_rng(seed)
     token = 1.0 / 16  # one token of the 64x64 / patch 4 model, in frame units
     if speed is None:
@@ -276,14 +278,14 @@ def generate_clip(seed: int, num_frames: int = 8, height: int = 64, width: int =
         wall = "brick"
         wall_image = _brick(rng, wall_h, wall_w, uniform=True)
     else:
-        wall = WALLS[rng.choice(len(WALLS), p=[0.12, 0.3, 0.12, 0.12, 0.34])]
+        wall = WALLS[rng.choice(len(WALLS), p=[0, 0.47, 0, 0, 0.53] if aperiodic else [0.12, 0.3, 0.12, 0.12, 0.34])]
         wall_image = _texture(wall, rng, wall_h, wall_w, scale)
 
     sprites: list[Sprite] = []
     if not control:
         for _ in range(rng.integers(1, max_sprites + 1)):
             shape = SHAPES[rng.integers(len(SHAPES))]
-            texture = TEXTURES[rng.choice(len(TEXTURES), p=[0.3, 0.2, 0.2, 0.3])]
+            texture = TEXTURES[rng.choice(len(TEXTURES), p=[0.5, 0, 0, 0.5] if aperiodic else [0.3, 0.2, 0.2, 0.3])]
             tex = _texture(texture, rng, _SPRITE_TEX, _SPRITE_TEX, scale=_SPRITE_TEX / (2 * 0.19 * 64))
             r0 = rng.uniform(0.12, 0.26)
             # Screen motion of 0.5-2 tokens a frame, starting anywhere near the frame.
