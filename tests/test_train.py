@@ -117,3 +117,40 @@ def test_the_video_model_trains_on_frame_subsets(tmp_path, forward_shapes):
     train(cfg, progress=False)
     assert forward_shapes == [(2, 2)]
     assert create_backbone(str(tmp_path / "v")).max_frames == 4  # inference keeps the whole clip window
+
+
+def test_recipe_axes_change_only_what_they_name():
+    from difftrack.data.synthetic import generate_clip
+    from difftrack.train import frame_subset
+
+    periodic = {"striped", "checkered", "brick"}
+    for seed in range(12):
+        clip = generate_clip(seed, num_frames=3, aperiodic=True)
+        assert clip.wall not in periodic and not {s.texture for s in clip.sprites} & periodic
+
+    base = noise_levels(torch.Generator().manual_seed(5), 64, 4)
+    anchored = noise_levels(torch.Generator().manual_seed(5), 64, 4, anchor_clean=0.5)
+    assert torch.equal(base[0], anchored[0])
+    changed = (anchored[1] != base[1]).any(1)
+    assert 16 < changed.sum() < 48 and (anchored[1][changed, 0] < 0.02).all()
+    assert torch.equal(anchored[1][:, 1:], base[1][:, 1:])
+
+    cfg = TrainConfig(out="o", run_dir="r", steps=100, frames=8, sample_frames=4, curriculum=0.5)
+    for step in range(50):
+        assert (np.diff(frame_subset(cfg, step)) == 1).all()
+    assert any((np.diff(frame_subset(cfg, step)) > 1).any() for step in range(50, 100))
+
+
+def test_mid_noise_weight_scales_the_loss_per_clip(tmp_path):
+    from difftrack.backbones.embedded import build_components, model_config
+    from difftrack.train import loss_for_step, training_batch
+
+    cfg = TrainConfig(out="o", run_dir="r", steps=1, **TINY)
+    components = build_components(model_config(layers=1, heads=2, head_dim=16, size=16, frames=2), seed=0)
+    batch = training_batch(cfg, 0)
+    uniform = loss_for_step(cfg, components, 0, batch)
+    mid = loss_for_step(TrainConfig(out="o", run_dir="r", steps=1, loss_weight="mid", **TINY), components, 0, batch)
+    g = torch.Generator().manual_seed(0)  # loss_for_step's generator at seed 0, step 0: caption dropout, then levels
+    torch.rand(1, generator=g)
+    s = noise_levels(g, 1, 2)[0]
+    torch.testing.assert_close(mid, uniform * 4 * s[0] * (1 - s[0]))
