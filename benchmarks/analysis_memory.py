@@ -96,7 +96,7 @@ def main(argv=None):
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     pairs = len(reducer.reductions)
     kept = [sum(a.nbytes for a in vars(r).values() if a is not None) for r in reducer.reductions.values()]
-    n, f, tokens = len(queries), geometry.frames, geometry.video_tokens
+    n, tokens = len(queries), geometry.video_tokens
     result = {
         "model": {"layers": args.layers, "heads": args.heads, "head_dim": args.head_dim, **g,
                   "video_tokens": tokens, "joint_tokens": geometry.joint_tokens},

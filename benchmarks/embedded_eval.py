@@ -27,7 +27,6 @@ make the test easier; --generate draws clips of the current generator instead (i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike):
+    """Yield a temporary directory next to ``out`` (the directory counterpart of :func:`atomic_path`); move its
+    files into ``out`` only if the block succeeds."""
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=existing))
+    try:
+        yield tmp
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path, obj) -> None:
@@ -83,6 +100,41 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         writer.release()
+
+
+def read_label_map(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"mask file {path} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                return data["mask"] if "mask" in data.files else data[data.files[0]]
+        from PIL import Image
+
+        with Image.open(p) as img:
+            if img.mode not in ("P", "L", "1", "I", "I;16"):
+                raise UserError(f"mask {path} is a {img.mode} image; give a palette or greyscale label PNG "
+                                f"(pixel value = instance id) or a .npy of ids")
+            return np.asarray(img).astype(np.int64)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read mask {path} ({str(exc).splitlines()[0][:120]}); give a label PNG, .npy or .npz"
+                        ) from None
+
+
+def read_keypoints(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"keypoints file {path} does not exist")
+    try:
+        data = json.loads(p.read_text())
+        rows = [[float(k["x"]), float(k["y"])] if isinstance(k, dict) else [float(k[0]), float(k[1])] for k in data]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, IndexError):
+        raise UserError(f"keypoints file {path} must be JSON [[x, y], ...] or [{{\"x\": .., \"y\": ..}}, ...]") from None
+    return np.asarray(rows, np.float64).reshape(-1, 2)
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:

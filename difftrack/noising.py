@@ -21,6 +21,16 @@ def check_step(step: int, num_steps: int) -> None:
         raise UserError(f"step {step} is out of range; valid steps are 0..{num_steps - 1} for --num-steps {num_steps}")
 
 
+def check_noising(mode: str, steps, num_steps: int) -> None:
+    """The one check of a noise mode and the steps it is asked for (one-line UserErrors)."""
+    if num_steps < 1:
+        raise UserError(f"--num-steps must be at least 1, got {num_steps}")
+    for step in steps:
+        check_step(step, num_steps)
+    if mode not in NOISE_MODES:
+        raise UserError(f"unknown noise mode {mode!r}; choose one of {', '.join(NOISE_MODES)}")
+
+
 def prepare_latents(backbone, latents: torch.Tensor, mode: str, step: int, num_steps: int, noise: torch.Tensor,
                     conditioning: tuple[torch.Tensor, dict] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (model input latents, timestep) for one forward at ``step``.
@@ -31,18 +41,16 @@ def prepare_latents(backbone, latents: torch.Tensor, mode: str, step: int, num_s
     ``noise`` is drawn by the caller once per video, so a frame gets the same noise whichever chunk
     it is processed in.
     """
-    check_step(step, num_steps)
+    check_noising(mode, [step], num_steps)
     timesteps = backbone.timesteps(num_steps)
     t = timesteps[step]
     if mode == "add":
         return backbone.add_noise(latents, noise, t), t
     if mode == "clean":
         return latents, t
-    if mode == "invert":
-        if conditioning is None:
-            conditioning = backbone.encode_conditioning([""] * latents.shape[0])
-        return invert(backbone, latents, timesteps, step, conditioning), t
-    raise UserError(f"unknown noise mode {mode!r}; choose one of {', '.join(NOISE_MODES)}")
+    if conditioning is None:
+        conditioning = backbone.encode_conditioning([""] * latents.shape[0])
+    return invert(backbone, latents, timesteps, step, conditioning), t
 
 
 @torch.no_grad()

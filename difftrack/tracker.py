@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from difftrack.backbones import Backbone, create_backbone
+from difftrack.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from difftrack.capture import DescriptorCapture
 from difftrack.decoding import MotionModel, viterbi_decode
 from difftrack.errors import UserError
 from difftrack.io import check_points
 from difftrack.kernels import match
-from difftrack.noising import NOISE_MODES, check_step, prepare_latents
+from difftrack.noising import check_noising, prepare_latents
 
 
 CALIBRATION_DIR = Path(__file__).parent / "calibration"
@@ -142,7 +142,7 @@ class DiffTracker:
     batched tensor shapes.
     """
 
-    def __init__(self, model: str | Backbone = "tiny-video", config: TrackerConfig | None = None, **overrides):
+    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: TrackerConfig | None = None, **overrides):
         self.backbone = model if isinstance(model, Backbone) else create_backbone(model)
         unknown = sorted(set(overrides) - {f.name for f in fields(TrackerConfig)})
         if unknown:
@@ -164,10 +164,7 @@ class DiffTracker:
             cfg.num_steps = bb.default_track_step[1]
         if cfg.steps is None:
             cfg.steps = [bb.default_track_step[0]]
-        for s in cfg.steps:
-            check_step(s, cfg.num_steps)
-        if cfg.noise not in NOISE_MODES:
-            raise UserError(f"unknown noise mode {cfg.noise!r}; choose one of {', '.join(NOISE_MODES)}")
+        check_noising(cfg.noise, cfg.steps, cfg.num_steps)
         if cfg.window is None:
             cfg.window = bb.max_frames
         if cfg.temporal not in TEMPORAL_MODES:
@@ -248,14 +245,9 @@ class DiffTracker:
 
     # ----- internals -----------------------------------------------------------------------------
     def _encode(self, video: np.ndarray):
-        import cv2
-
         bb = self.backbone
         num_frames, height, width = video.shape[:3]
-        wh, ww = bb.working_size(height, width)
-        frames = np.stack([cv2.resize(f, (ww, wh), interpolation=cv2.INTER_AREA) for f in video])
-        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
-        latents = bb.encode_video(pixels.to(bb.device), frame_as_latent=True)
+        latents = bb.encode_frames(video, frame_as_latent=True)
         if self._conditioning is None:
             self._conditioning = bb.encode_conditioning([""])
         geometry = bb.geometry(latents, self._conditioning[0].shape[1], frame_size=(height, width),
@@ -376,7 +368,7 @@ class DiffTrackerOnline:
     frame 0 the result equals :class:`DiffTracker`'s on the whole video (same windows, same noise).
     """
 
-    def __init__(self, model: str | Backbone = "tiny-video", config: TrackerConfig | None = None, **overrides):
+    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: TrackerConfig | None = None, **overrides):
         self.tracker = model if isinstance(model, DiffTracker) else DiffTracker(model, config, **overrides)
         self.state = None
 
@@ -443,7 +435,7 @@ class DiffTrackerPredictor(torch.nn.Module):
     """CoTracker-style predictor: ``forward(video (B, T, 3, H, W) in [0, 255], queries (B, N, 3) as (t, x, y))``
     returns tracks (B, T, N, 2) and visibility (B, T, N)."""
 
-    def __init__(self, model: str | Backbone = "tiny-video", **options):
+    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, **options):
         super().__init__()
         self.tracker = DiffTracker(model, **options)
 

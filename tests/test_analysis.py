@@ -17,12 +17,12 @@ from difftrack.cli import main
 from difftrack.errors import UserError
 from difftrack.geometry import TokenGeometry
 from difftrack.io import save_npz, write_video
-from difftrack.testing import tiny_cogvideox_components
+from difftrack.testing import tiny_components
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    c = tiny_cogvideox_components()
+    c = tiny_components("cogvideox-rope")
     return CogVideoXBackbone("tiny", c["transformer"], c["scheduler"], c["vae"], c["text_encoder"], c["tokenizer"])
 
 
@@ -246,7 +246,7 @@ def model_dir(tmp_path_factory):
     from difftrack.testing import save_pipeline
 
     path = tmp_path_factory.mktemp("tiny_model")
-    save_pipeline(tiny_cogvideox_components(), CogVideoXPipeline, path)
+    save_pipeline(tiny_components("cogvideox-rope"), CogVideoXPipeline, path)
     return path
 
 

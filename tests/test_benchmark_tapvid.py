@@ -183,10 +183,10 @@ def test_kinetics_shards_run_through_the_benchmark_like_the_same_videos_in_a_dav
 def tiny_pipeline(tmp_path_factory):
     from diffusers import CogVideoXPipeline
 
-    from difftrack.testing import save_pipeline, tiny_cogvideox_components
+    from difftrack.testing import save_pipeline, tiny_components
 
     path = tmp_path_factory.mktemp("tiny_cogvideox")
-    save_pipeline(tiny_cogvideox_components(), CogVideoXPipeline, path)
+    save_pipeline(tiny_components("cogvideox-rope"), CogVideoXPipeline, path)
     return path
 
 

@@ -4,6 +4,7 @@ processors of every joint-attention family, and the guidance combination."""
 import pytest
 import torch
 
+from difftrack.backbones.attention import frame_local_attention
 from difftrack.errors import UserError
 from difftrack.guidance import (
     CrossFrameAttentionRemoval,
@@ -11,7 +12,6 @@ from difftrack.guidance import (
     GuidanceConfig,
     GuidedPredictor,
     combine,
-    frame_local_attention,
 )
 from difftrack.testing import tiny_backbone
 
@@ -128,7 +128,7 @@ def test_processor_matches_stock_and_dense_masked_reference(backbones, kind):
         hidden, encoder, mask, rotary = calls[layer]
         stock = attn.processor(attn, hidden, encoder, mask, rotary)
         removal.state.perturbed_from, removal.state.tokens_per_frame = 1, per_frame
-        proc = CrossFramePerturbedProcessor(attn.processor, removal.state, removal._forward)
+        proc = CrossFramePerturbedProcessor(attn.processor, removal.state, bb.perturbed_attention)
         out = proc(attn, hidden, encoder, mask, rotary)
 
         text_len = encoder.shape[1]

@@ -28,3 +28,49 @@ def test_no_library_module_imports_test_fixtures_or_commands():
             if name.startswith("difftrack.commands") and not rel.startswith(("difftrack/commands/", "difftrack/cli.py")):
                 offenders.append(f"{rel} imports {name}")
     assert not offenders, offenders
+
+
+FAMILY_CLASS_PREFIXES = ("CogVideoX", "HunyuanVideo", "Wan", "LTX")
+
+
+def _family_mentions(path: Path, families: set[str]) -> list[str]:
+    """Identifiers of family-specific classes and string literals that are a family or registry name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Name):
+            names = [node.id]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name.split(".")[-1] for alias in node.names]
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in families:
+            found.append(f"{path.name}:{node.lineno} the string {node.value!r}")
+        found += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith(FAMILY_CLASS_PREFIXES)]
+    return found
+
+
+def test_only_the_backbone_adapters_name_a_model_family():
+    from difftrack.backbones import Backbone, list_backbones
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    registry = {e.name for e in list_backbones()}  # imports every family module
+    families = {c.family for c in subclasses(Backbone) if c.family} | registry
+    assert {"cogvideox", "hunyuanvideo", "wan", "tiny-video"} <= families
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "backbones" not in path.relative_to(PACKAGE).parts:
+            offenders += _family_mentions(path, families)
+    assert not offenders, offenders
+
+
+def test_the_family_rule_sees_a_family_named_outside_the_adapters(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('from diffusers import CogVideoXTransformer3DModel\nif bb.family == "wan":\n    pass\n')
+    assert len(_family_mentions(sample, {"wan"})) == 2

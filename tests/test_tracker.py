@@ -9,13 +9,13 @@ from difftrack.backbones.cogvideox import CogVideoXBackbone
 from difftrack.cli import main
 from difftrack.errors import UserError
 from difftrack.io import write_video
-from difftrack.testing import save_pipeline, tiny_cogvideox_components
+from difftrack.testing import save_pipeline, tiny_components
 from difftrack.tracker import DiffTracker, DiffTrackerPredictor, frame_windows, sample_descriptors
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    c = tiny_cogvideox_components()
+    c = tiny_components("cogvideox-rope")
     return CogVideoXBackbone("tiny", c["transformer"], c["scheduler"], c["vae"], c["text_encoder"], c["tokenizer"])
 
 
@@ -24,7 +24,7 @@ def pipeline_dir(tmp_path_factory):
     from diffusers import CogVideoXPipeline
 
     path = tmp_path_factory.mktemp("tiny_cogvideox")
-    save_pipeline(tiny_cogvideox_components(), CogVideoXPipeline, path)
+    save_pipeline(tiny_components("cogvideox-rope"), CogVideoXPipeline, path)
     return path
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import difftrack
 from difftrack.analysis.metrics import BASELINE_METRICS, METRIC_LABELS, METRICS
 from difftrack.analysis.ranking import aggregate, rank
+from difftrack.drawing import pyplot, save_figure
 from difftrack.io import atomic_path, write_json
 
 DPI = 80
@@ -147,20 +148,8 @@ def _write_csvs(out, records, agg, ranked, layers, steps):
                [[k + 1, e["layer"], e["step"], _fmt(e["score"])] for k, e in enumerate(ranked["ranking"])])
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
-    plt.close(fig)
-
-
 def _write_figures(out, means, agg, score, layers, steps, accuracy, figures_path) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     made: list[tuple[str, str]] = []
     tables = [(n, means[n]) for n in METRICS + BASELINE_METRICS if n in means] + [("harmonic_score", score)]
     for name, table in tables:
@@ -173,7 +162,7 @@ def _write_figures(out, means, agg, score, layers, steps, accuracy, figures_path
         label = "harmonic-mean rank score" if name == "harmonic_score" else METRIC_LABELS.get(name, name)
         ax.set_title(label, fontsize=8)
         fig.colorbar(im, ax=ax)
-        _save(fig, out / f"heatmap_{name}.png")
+        save_figure(fig, out / f"heatmap_{name}.png", dpi=DPI)
         made.append((f"heatmap_{name}.png", f"Layer x step heatmap: {label}. Mean over videos."))
 
     thr = accuracy.split("_", 1)[1]
@@ -195,7 +184,7 @@ def _write_figures(out, means, agg, score, layers, steps, accuracy, figures_path
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("matching accuracy")
         axes[0][-1].legend(fontsize=6, ncol=2 if len(series) > 8 else 1)
-        _save(fig, out / f"accuracy_vs_{axis_name}.png")
+        save_figure(fig, out / f"accuracy_vs_{axis_name}.png", dpi=DPI)
         made.append((f"accuracy_vs_{axis_name}.png",
                      f"Matching accuracy versus {axis_name}, query-key (left) and intermediate features (right); "
                      f"mean over videos, bars = one standard deviation."))
@@ -238,7 +227,7 @@ def _write_attention_figures(out, figures_path, plt) -> list[tuple[str, str]]:
                     ax.set_title(f"RGB frame {frame}", fontsize=8)
                 if c == 0:
                     ax.set_ylabel(f"layer {layer}", fontsize=8)
-        _save(fig, out / "attention_maps.png")
+        save_figure(fig, out / "attention_maps.png", dpi=DPI)
         made.append(("attention_maps.png",
                      f"Attention of {n_pts} frame-0 query points (dots, first column) on later frames at step {step} "
                      f"(head-averaged softmax over each frame's tokens, summed over the points), one row per layer; "
@@ -261,7 +250,7 @@ def _write_attention_figures(out, figures_path, plt) -> list[tuple[str, str]]:
                         ax.set_title(f"{kind}, RGB frame {rgb[c]}", fontsize=7)
                     if offset + c == 0:
                         ax.set_ylabel(f"layer {layer}", fontsize=8)
-        _save(fig, out / "pca_qk.png")
+        save_figure(fig, out / "pca_qk.png", dpi=DPI)
         made.append(("pca_qk.png", f"First three principal components of the queries (left) and keys (right) of "
                                    f"every token, as RGB, per layer at step {step}; one PCA per layer and descriptor "
                                    f"over the shown frames (first video of the run)."))

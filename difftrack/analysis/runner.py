@@ -38,10 +38,11 @@ from tqdm.auto import tqdm
 
 from difftrack.analysis.labellers import ExactLabeller, make_labeller
 from difftrack.analysis.metrics import StepReducer, grid_query_tokens, pck_thresholds, score_reduction
+from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.capture import DescriptorCapture
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, read_video, write_json
-from difftrack.noising import NOISE_MODES, check_step, prepare_latents
+from difftrack.noising import check_noising, prepare_latents
 
 VIDEO_DIR = "videos"
 
@@ -50,7 +51,7 @@ VIDEO_DIR = "videos"
 class AnalysisConfig:
     """Everything that decides the numbers of one video's analysis (hashed into the resume key)."""
 
-    model: str = "tiny-video"
+    model: str = DEFAULT_BACKBONE
     layers: list[int] | None = None  # None: every layer
     steps: list[int] | None = None  # None: every step of the schedule
     num_steps: int = 50
@@ -122,13 +123,8 @@ class Analyzer:
         self.config = config
         cfg = config
         self.layers = backbone.check_layers(range(backbone.num_layers) if cfg.layers is None else cfg.layers)
-        if cfg.num_steps < 1:
-            raise UserError(f"--num-steps must be at least 1, got {cfg.num_steps}")
-        self.steps = sorted(set(range(cfg.num_steps) if cfg.steps is None else cfg.steps))
-        for s in self.steps:
-            check_step(s, cfg.num_steps)
-        if cfg.noise not in NOISE_MODES:
-            raise UserError(f"unknown noise mode {cfg.noise!r}; choose one of {', '.join(NOISE_MODES)}")
+        self.steps = sorted(set(range(max(cfg.num_steps, 0)) if cfg.steps is None else cfg.steps))
+        check_noising(cfg.noise, self.steps, cfg.num_steps)
         if cfg.grid < 1:
             raise UserError(f"--grid must be at least 1, got {cfg.grid}")
         if cfg.frame_stride < 1:
@@ -233,21 +229,16 @@ class Analyzer:
         return (bb.max_frames - 1) * bb.temporal_compression + 1
 
     def encode_real(self, video: np.ndarray):
-        import cv2
-
         bb = self.backbone
         num_frames, height, width = video.shape[:3]
         bb.check_frame_count(num_frames)
-        wh, ww = bb.working_size(height, width)
-        frames = np.stack([cv2.resize(f, (ww, wh), interpolation=cv2.INTER_AREA) for f in video])
-        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
-        latents = bb.encode_video(pixels.to(bb.device))
+        latents = bb.encode_frames(video)
         conditioning = bb.encode_conditioning([""])
         geometry = bb.geometry(latents, conditioning[0].shape[1], frame_size=(height, width), rgb_frames=num_frames)
         return latents, conditioning, geometry
 
     def analyze_real(self, job: VideoJob, want_figures: bool, progress: bool):
-        bb, cfg = self.backbone, self.config
+        cfg = self.config
         video, tracks, visible, clip = self.load_real(job)
         latents, conditioning, geometry = self.encode_real(video)
         if tracks is None:  # label a token-centre grid: exactly for generator clips, else with the labeller

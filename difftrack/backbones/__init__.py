@@ -28,6 +28,22 @@ _REGISTRY: dict[str, BackboneEntry] = {}
 # model_index.json `_class_name` -> loader taking (path_or_id, **kw); filled by family modules.
 _PIPELINE_LOADERS: dict[str, Callable[..., Backbone]] = {}
 DEFAULT_BACKBONE = "tiny-video"
+DEFAULT_IMAGE_TWIN = "tiny-image"  # the default model's image twin, for video-vs-image comparisons
+
+
+@dataclass
+class TinyConfig:
+    """A family's tiny test configuration: the stock classes at tiny width with the checkpoints' geometry
+    (latent channels aside), built offline with random weights. ``build(seed=...)`` returns the
+    pipeline's components; ``pipeline_class`` names the diffusers pipeline that saves them."""
+
+    kind: str
+    build: Callable[..., dict]
+    pipeline_class: str
+    backbone_class: type
+
+
+_TINY_CONFIGS: dict[str, TinyConfig] = {}
 
 
 def register_backbone(name: str, *, source: str, description: str, weights_present: Callable[[], bool]):
@@ -45,6 +61,16 @@ def register_pipeline_loader(*pipeline_class_names: str):
         return loader
 
     return wrap
+
+
+def register_tiny_config(kind: str, build: Callable[..., dict], pipeline_class: str, backbone_class: type) -> None:
+    _TINY_CONFIGS[kind] = TinyConfig(kind, build, pipeline_class, backbone_class)
+
+
+def tiny_configs() -> dict[str, TinyConfig]:
+    """Every family's tiny test configurations, by kind."""
+    _import_families()
+    return dict(_TINY_CONFIGS)
 
 
 def list_backbones() -> list[BackboneEntry]:
@@ -123,5 +149,7 @@ def _import_families() -> None:
     from difftrack.backbones import cogvideox, embedded, hunyuan, wan  # noqa: F401
 
 
-__all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "register_backbone", "register_pipeline_loader",
-           "create_backbone", "list_backbones", "load_component", "hub_weights_present", "DEFAULT_BACKBONE"]
+__all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "TinyConfig", "register_backbone", "register_pipeline_loader",
+           "register_tiny_config", "tiny_configs",
+           "create_backbone", "list_backbones", "load_component", "hub_weights_present", "DEFAULT_BACKBONE",
+           "DEFAULT_IMAGE_TWIN"]

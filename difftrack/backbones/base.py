@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from difftrack.errors import UserError
@@ -248,6 +249,19 @@ class Backbone:
         return self.normalize_latents(lat).to(self.dtype)
 
     @torch.no_grad()
+    def encode_frames(self, video: np.ndarray, frame_as_latent: bool = False) -> torch.Tensor:
+        """uint8 RGB frames (T, H, W, 3) of any size -> latents (1, F, C, h, w): resized (area) to
+        :meth:`working_size`, scaled to [-1, 1], encoded on the backbone's device. The one way a real
+        video enters a model (tracking, analysis, probing)."""
+        import cv2
+
+        height, width = video.shape[1:3]
+        wh, ww = self.working_size(height, width)
+        frames = np.stack([cv2.resize(f, (ww, wh), interpolation=cv2.INTER_AREA) for f in video])
+        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
+        return self.encode_video(pixels.to(self.device), frame_as_latent=frame_as_latent)
+
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (B, F, C, h, w) -> pixels (B, T, 3, H, W) in [-1, 1]."""
         lat = self.denormalize_latents(latents.to(self.vae.dtype)).permute(0, 2, 1, 3, 4)
@@ -308,6 +322,23 @@ class Backbone:
     def split_descriptors(self, attn, call: ProcessorCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Rebuild (query_video, key_video, key_text) as (B, H, N, D) after q/k norm and RoPE."""
         raise NotImplementedError
+
+    # ----- CAG ---------------------------------------------------------------------------------
+    # Why CAG cannot apply to this family (None: it can, through perturbed_attention).
+    cag_refusal: ClassVar[str | None] = None
+
+    def perturbed_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                            tokens_per_frame):
+        """The stock processor's computation with cross-frame video-to-video attention removed
+        (``difftrack.backbones.attention.frame_local_attention``); returns what the stock processor returns."""
+        raise NotImplementedError
+
+    def cag_unsupported_reason(self) -> str | None:
+        if self.cag_refusal:
+            return self.cag_refusal
+        if type(self).perturbed_attention is Backbone.perturbed_attention:
+            return f"the {self.family} adapter has no frame-local attention processor for CAG; use --guidance cfg"
+        return None
 
     def describe(self) -> dict:
         cfg = self.transformer.config

@@ -6,6 +6,8 @@ Text comes FIRST in CogVideoX's joint sequence; the stock processor concatenates
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from difftrack.backbones import (
@@ -15,7 +17,9 @@ from difftrack.backbones import (
     load_component,
     register_backbone,
     register_pipeline_loader,
+    register_tiny_config,
 )
+from difftrack.backbones.attention import frame_local_attention
 from difftrack.errors import UserError
 
 
@@ -106,6 +110,32 @@ class CogVideoXBackbone(Backbone):
     def video_feature(self, attn, call: ProcessorCall, output):
         return call.hooked["to_out_in"][:, call.encoder_hidden_states.shape[1]:]
 
+    # ----- CAG ---------------------------------------------------------------------------------
+    def perturbed_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                            tokens_per_frame):
+        """CogVideoXAttnProcessor2_0 with frame-local attention: [text, video], q/k norm per head, RoPE on video."""
+        if attention_mask is not None:
+            raise NotImplementedError("CogVideoX's transformer passes no attention mask; CAG does not combine with one")
+        text_len = encoder_hidden_states.size(1)
+        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        b = x.shape[0]
+        query, key, value = (proj(x).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+                             for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            query = torch.cat([query[:, :, :text_len], apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)], 2)
+            key = torch.cat([key[:, :, :text_len], apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)], 2)
+        out = frame_local_attention(query, key, value, text_len, True, tokens_per_frame)
+        out = out.transpose(1, 2).reshape(b, -1, out.shape[1] * out.shape[3])
+        out = attn.to_out[1](attn.to_out[0](out))
+        encoder_out, video_out = out.split([text_len, out.size(1) - text_len], dim=1)
+        return video_out, encoder_out
+
 
 class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
     """Image-to-video: the first frame's latents, zero-padded in time, are concatenated on channels."""
@@ -162,3 +192,35 @@ for _name, _repo, _loader, _desc in [
     register_backbone(_name, source=_repo, description=_desc, weights_present=hub_weights_present(_repo))(
         lambda _repo=_repo, _loader=_loader, _name=_name, **kw: _loader(_repo, name=_name, **kw)
     )
+
+
+# ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
+def tiny_components(rope: bool = True, i2v: bool = False, layers: int = 2, heads: int = 2,
+                              head_dim: int = 16, text_tokens: int = 8, sample: int = 8, seed: int = 0) -> dict:
+    """Components of a CogVideoX(-I2V) pipeline: 8x spatial / 4x temporal VAE, ``layers`` blocks."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, latent_channels=4,
+                                 down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4,
+                                 block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
+                                 temporal_compression_ratio=4)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=8 if i2v else 4, out_channels=4,
+        time_embed_dim=16, text_embed_dim=32, num_layers=layers, sample_width=sample, sample_height=sample,
+        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=text_tokens,
+        use_rotary_positional_embeddings=rope)
+    from difftrack.text import tiny_text_stack
+
+    text_encoder, tokenizer = tiny_text_stack(32, text_tokens, seed)
+    scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing",
+                                       rescale_betas_zero_snr=True)
+    return {"transformer": transformer.eval(), "vae": vae.eval(), "text_encoder": text_encoder,
+            "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+register_tiny_config("cogvideox-sincos", partial(tiny_components, rope=False), "CogVideoXPipeline", CogVideoXBackbone)
+register_tiny_config("cogvideox-rope", partial(tiny_components, rope=True), "CogVideoXPipeline", CogVideoXBackbone)
+register_tiny_config("cogvideox-i2v", partial(tiny_components, rope=True, i2v=True), "CogVideoXImageToVideoPipeline",
+                     CogVideoXImageToVideoBackbone)

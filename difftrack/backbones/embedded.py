@@ -140,6 +140,8 @@ class EmbeddedImageBackbone(EmbeddedBackbone):
     """
 
     family = "embedded-image"
+    cag_refusal = ("the image model denoises every frame on its own and never attends across frames, so CAG would "
+                   "perturb nothing; use tiny-video or --guidance cfg")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -18,7 +18,9 @@ from difftrack.backbones import (
     load_component,
     register_backbone,
     register_pipeline_loader,
+    register_tiny_config,
 )
+from difftrack.backbones.attention import frame_local_attention
 from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "hunyuanvideo-community/HunyuanVideo"
@@ -144,6 +146,48 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         # processor returns the attention output split into video and text.
         return output[0]
 
+    # ----- CAG ---------------------------------------------------------------------------------
+    def perturbed_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                            tokens_per_frame):
+        """HunyuanVideoAttnProcessor2_0 with frame-local attention: [video, text], dual- or single-stream."""
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        text_len = encoder_hidden_states.shape[1]
+        dual = attn.add_q_proj is not None
+        x = hidden_states if dual else torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        query, key, value = (proj(x).unflatten(2, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            rope = lambda t: apply_rotary_emb(t, image_rotary_emb, sequence_dim=1)  # noqa: E731
+            if dual:
+                query, key = rope(query), rope(key)
+            else:
+                query = torch.cat([rope(query[:, :-text_len]), query[:, -text_len:]], dim=1)
+                key = torch.cat([rope(key[:, :-text_len]), key[:, -text_len:]], dim=1)
+        if dual:
+            enc = [proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+                   for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)]
+            if attn.norm_added_q is not None:
+                enc[0] = attn.norm_added_q(enc[0])
+            if attn.norm_added_k is not None:
+                enc[1] = attn.norm_added_k(enc[1])
+            query, key, value = (torch.cat([a, e], dim=1) for a, e in zip((query, key, value), enc))
+        key_mask = None
+        if attention_mask is not None:  # the transformer's key-padding mask (B, 1, 1, S)
+            key_mask = attention_mask.reshape(attention_mask.shape[0], -1)
+        out = frame_local_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), text_len, False,
+                                    tokens_per_frame, key_mask=key_mask)
+        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        video_out, encoder_out = out[:, :-text_len], out[:, -text_len:]
+        if getattr(attn, "to_out", None) is not None:
+            video_out = attn.to_out[1](attn.to_out[0](video_out))
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_out = attn.to_add_out(encoder_out)
+        return video_out, encoder_out
+
 
 def _load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
@@ -171,3 +215,35 @@ def load_hunyuan_video(where, **kw):
                    description="HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")
 def hunyuanvideo(**kw):
     return load_hunyuan_video(HUB_ID, name="hunyuanvideo", **kw)
+
+
+# ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
+def tiny_components(layers: int = 1, single_layers: int = 1, heads: int = 2, head_dim: int = 16,
+                                  seed: int = 0) -> dict:
+    """Components of a HunyuanVideoPipeline: 8x spatial / 4x temporal VAE, dual- and single-stream blocks."""
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
+                                    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                    up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+                                    block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
+                                    temporal_compression_ratio=4, spatial_compression_ratio=8,
+                                    mid_block_add_attention=True)
+    from difftrack.text import tiny_clip_stack, tiny_llama_stack
+
+    text_encoder, tokenizer = tiny_llama_stack(16, seed=seed)
+    text_encoder_2, tokenizer_2 = tiny_clip_stack(16, seed=seed)
+    axis = 2 * (head_dim // 6)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
+        num_single_layers=single_layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=16,
+        rope_axes_dim=(head_dim - 2 * axis, axis, axis))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    return {"transformer": transformer.eval(), "vae": vae.eval(), "text_encoder": text_encoder,
+            "tokenizer": tokenizer, "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2,
+            "scheduler": scheduler}
+
+
+register_tiny_config("hunyuanvideo", tiny_components, "HunyuanVideoPipeline", HunyuanVideoBackbone)

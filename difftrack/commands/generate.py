@@ -54,8 +54,8 @@ def add_arguments(p):
     p.add_argument("--cag-scale", type=number(min=0), default=1.0, metavar="S", help="CAG weight s_cag (default 1.0)")
     p.add_argument("--cag-layers", nargs="+", default=None, metavar="L",
                    help="0-based attention layers perturbed by CAG, or `auto` (reads --recommendation); default: "
-                        "the model's known CAG layers (CogVideoX-2B 13 17 21, 5B 15 17 18, tiny-video 4 5) or its "
-                        "middle layers")
+                        "the method's CAG layers for the model's architecture where known (`difftrack models` lists "
+                        "them), else its middle layers")
     p.add_argument("--recommendation", metavar="DIR",
                    help="analysis directory (or its recommendation.json) for --cag-layers auto")
     p.add_argument("--cag-steps", nargs=2, type=integer(min=0), default=None, metavar=("START", "STOP"),

@@ -24,22 +24,27 @@ video's own size. Keypoints: JSON [[x, y], ...] or [{"x": .., "y": ..}, ...] in 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 import difftrack
-from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_TWIN
 from difftrack.errors import UserError
-from difftrack.io import atomic_path, read_video, write_json, write_video
-from difftrack.noising import NOISE_MODES
+from difftrack.drawing import draw_labels_and_points
+from difftrack.io import (
+    atomic_directory,
+    atomic_path,
+    read_keypoints,
+    read_label_map,
+    read_video,
+    write_json,
+    write_video,
+)
+from difftrack.noising import NOISE_MODES, check_noising
 from difftrack.options import (
     add_device_arguments,
     backbone_options,
@@ -85,8 +90,8 @@ def add_arguments(p):
     g.set_defaults(_probe=run_propagate)
 
     c = sub.add_parser("compare", help="image versus video on every task at one block and noise step")
-    c.add_argument("--video-model", default="tiny-video", help="the video model (default tiny-video)")
-    c.add_argument("--image-model", default="tiny-image", help="its image twin (default tiny-image)")
+    c.add_argument("--video-model", default=DEFAULT_BACKBONE, help=f"the video model (default {DEFAULT_BACKBONE})")
+    c.add_argument("--image-model", default=DEFAULT_IMAGE_TWIN, help=f"its image twin (default {DEFAULT_IMAGE_TWIN})")
     c.add_argument("--block", type=integer(min=0), default=None, help="block index (default: the middle block)")
     c.add_argument("--noise-step", type=integer(min=0), default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
     c.add_argument("--from-sweep", metavar="DIR",
@@ -96,7 +101,7 @@ def add_arguments(p):
     c.set_defaults(_probe=run_compare)
 
     s = sub.add_parser("sweep", help="block x noise-level tables and plots of every task")
-    s.add_argument("--models", nargs="+", default=["tiny-video", "tiny-image"], help="models to sweep")
+    s.add_argument("--models", nargs="+", default=[DEFAULT_BACKBONE, DEFAULT_IMAGE_TWIN], help="models to sweep")
     s.add_argument("--blocks", nargs="+", type=integer(min=0), default=None, help="block indices (default: all)")
     s.add_argument("--noise-steps", nargs="+", type=integer(min=0), default=list(DEFAULT_SWEEP_STEPS),
                    help=f"step indices (default {' '.join(map(str, DEFAULT_SWEEP_STEPS))})")
@@ -104,7 +109,7 @@ def add_arguments(p):
     s.set_defaults(_probe=run_sweep)
 
     q = sub.add_parser("pictures", help="PCA-as-RGB and K-means cluster pictures of features per frame")
-    q.add_argument("--models", nargs="+", default=["tiny-video", "tiny-image"], help="models to picture")
+    q.add_argument("--models", nargs="+", default=[DEFAULT_BACKBONE, DEFAULT_IMAGE_TWIN], help="models to picture")
     add_device_arguments(q)
     q.add_argument("--block", type=integer(min=0), default=None, help="block index (default: the middle block)")
     q.add_argument("--noise-step", type=integer(min=0), default=DEFAULT_STEP, help=f"step index (default {DEFAULT_STEP})")
@@ -178,21 +183,6 @@ def run(args):
 
 # ----- helpers -------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def staged_dir(out: Path):
-    """Yield a temporary directory next to ``out``; move its files into ``out`` only if the block succeeds."""
-    out = check_output_dir(out)
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=existing))
-    try:
-        yield tmp
-        out.mkdir(parents=True, exist_ok=True)
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _load(model, args):
     return difftrack.create_backbone(model, **backbone_options(args))
 
@@ -202,10 +192,7 @@ def _block(backbone, block):
 
 
 def _check_study(args):
-    from difftrack.noising import check_step
-
-    for step in ([args.noise_step] if hasattr(args, "noise_step") else args.noise_steps):
-        check_step(step, args.num_steps)
+    check_noising(args.noise, [args.noise_step] if hasattr(args, "noise_step") else args.noise_steps, args.num_steps)
     train = set(range(args.train_seed_start, args.train_seed_start + args.train_videos))
     held_out = set(range(args.eval_seed_start, args.eval_seed_start + args.eval_videos))
     if train & held_out:
@@ -272,64 +259,6 @@ def run_features(args):
 
 # ----- propagate -----------------------------------------------------------------------------
 
-def read_mask(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"mask file {path} does not exist")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return np.load(p, allow_pickle=False)
-        if suffix == ".npz":
-            with np.load(p, allow_pickle=False) as data:
-                return data["mask"] if "mask" in data.files else data[data.files[0]]
-        from PIL import Image
-
-        with Image.open(p) as img:
-            if img.mode not in ("P", "L", "1", "I", "I;16"):
-                raise UserError(f"mask {path} is a {img.mode} image; give a palette or greyscale label PNG "
-                                f"(pixel value = instance id) or a .npy of ids")
-            return np.asarray(img).astype(np.int64)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read mask {path} ({str(exc).splitlines()[0][:120]}); give a label PNG, .npy or .npz"
-                        ) from None
-
-
-def read_keypoints(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"keypoints file {path} does not exist")
-    try:
-        data = json.loads(p.read_text())
-        rows = [[float(k["x"]), float(k["y"])] if isinstance(k, dict) else [float(k[0]), float(k[1])] for k in data]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, IndexError):
-        raise UserError(f"keypoints file {path} must be JSON [[x, y], ...] or [{{\"x\": .., \"y\": ..}}, ...]") from None
-    return np.asarray(rows, np.float64).reshape(-1, 2)
-
-
-def overlay(video: np.ndarray, ids: np.ndarray | None, keypoints: np.ndarray | None, scale: int) -> np.ndarray:
-    import cv2
-
-    from difftrack.probe.pictures import cluster_colours
-
-    h, w = video.shape[1:3]
-    frames = np.stack([cv2.resize(f, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) for f in video])
-    if ids is not None:
-        big = np.stack([cv2.resize(i.astype(np.uint8), (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
-                        for i in ids])
-        colours = cluster_colours(np.maximum(big.astype(np.int64) - 1, 0) % 10)
-        fg = big[..., None] > 0
-        frames = np.where(fg, (0.5 * frames + 0.5 * colours).astype(np.uint8), frames)
-    if keypoints is not None:
-        frames = np.ascontiguousarray(frames)
-        cols = cluster_colours(np.arange(keypoints.shape[1]) % 10)
-        for t in range(len(frames)):
-            for k, (x, y) in enumerate(keypoints[t]):
-                cv2.circle(frames[t], (int(x * scale), int(y * scale)), max(2, scale), tuple(int(c) for c in cols[k]),
-                           -1, cv2.LINE_AA)
-    return frames
-
-
 def run_propagate(args):
     from difftrack.probe.features import FeatureSpec, check_spec, extract_features
     from difftrack.probe.propagation import (
@@ -347,7 +276,7 @@ def run_propagate(args):
         raise UserError("give --masks and/or --keypoints for frame 0 of --video")
     video, fps = read_video(args.video)
     size = video.shape[1:3]
-    label_map = check_label_map(read_mask(args.masks), size) if args.masks else None
+    label_map = check_label_map(read_label_map(args.masks), size) if args.masks else None
     points = check_keypoints(read_keypoints(args.keypoints), size) if args.keypoints else None
     for cfg, used in ((mask_cfg, label_map is not None), (kp_cfg, points is not None)):
         if used:
@@ -370,14 +299,13 @@ def run_propagate(args):
     scale = max(1, int(np.ceil(384 / max(size))))
     with atomic_path(out.with_suffix(".npz")) as npz_tmp:
         np.savez(npz_tmp, **arrays)
-        write_video(out.with_suffix(".mp4"), overlay(video, ids, tracks, scale), fps)
+        write_video(out.with_suffix(".mp4"), draw_labels_and_points(video, ids, tracks, scale), fps)
     print(f"propagated {'masks ' if ids is not None else ''}{'keypoints ' if tracks is not None else ''}"
           f"through {len(video)} frames with {backbone.name} block {block} step {args.noise_step} -> "
           f"{out.with_suffix('.npz')}, {out.with_suffix('.mp4')}")
 
 
 def _propagate_synthetic(args, mask_cfg, kp_cfg):
-    from difftrack.noising import check_step
     from difftrack.probe.propagation import check_config
     from difftrack.probe.tasks import TaskOptions, evaluate_grid, make_clips
 
@@ -390,7 +318,7 @@ def _propagate_synthetic(args, mask_cfg, kp_cfg):
     options = TaskOptions(tasks=("masks", "keypoints"), kind=args.kind, mask_config=mask_cfg, keypoint_config=kp_cfg,
                           num_steps=args.num_steps, noise=args.noise, seed=args.seed, window=args.window)
     seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + args.synthetic))
-    check_step(args.noise_step, args.num_steps)
+    check_noising(args.noise, [args.noise_step], args.num_steps)
     record = evaluate_grid(backbone, [block], [args.noise_step], make_clips(seeds, SYNTHETIC_FRAMES), [], options)[0]
     write_json(out, {"seeds": seeds, **record})
     print(" ".join(f"{k}={v:.3f}" for k, v in record.items() if isinstance(v, float) and k != "timestep") + f" -> {out}")
@@ -419,7 +347,7 @@ def run_compare(args):
     for bb in (video_bb, image_bb):
         bb.check_layers([block])
     eval_seeds, train_seeds, eval_clips, train_clips = _study_clips(args)
-    with staged_dir(Path(args.out)) as tmp:
+    with atomic_directory(check_output_dir(args.out)) as tmp:
         start = time.perf_counter()
         video = evaluate_grid(video_bb, [block], [args.noise_step], eval_clips, train_clips, options)[0]
         image = evaluate_grid(image_bb, [block], [args.noise_step], eval_clips, train_clips, options)[0]
@@ -450,7 +378,7 @@ def _compare_from_sweep(args):
             raise UserError(f"the sweep has no record of {model} at block {block}, step {args.noise_step}; it swept "
                             f"blocks {meta['blocks']} and steps {meta['steps']}")
         picked[model] = match[0]
-    with staged_dir(Path(args.out)) as tmp:
+    with atomic_directory(check_output_dir(args.out)) as tmp:
         text = write_compare(tmp, picked[args.video_model], picked[args.image_model], sweep["references"],
                              meta["tasks"], {**meta, "from_sweep": str(path)})
     print(text + f"-> {args.out}/compare.md")
@@ -468,7 +396,7 @@ def run_sweep(args):
     for bb in backbones:
         bb.check_layers(blocks)
     eval_seeds, train_seeds, eval_clips, train_clips = _study_clips(args)
-    with staged_dir(Path(args.out)) as tmp:
+    with atomic_directory(check_output_dir(args.out)) as tmp:
         start = time.perf_counter()
         records = [r for bb in backbones
                    for r in evaluate_grid(bb, blocks, args.noise_steps, eval_clips, train_clips, options)]
@@ -489,7 +417,6 @@ def run_pictures(args):
     from PIL import Image
 
     from difftrack.data.synthetic import generate_clip
-    from difftrack.noising import check_step
     from difftrack.probe.features import FeatureSpec, check_spec, extract_features
     from difftrack.probe.pictures import (
         cluster_map,
@@ -500,7 +427,7 @@ def run_pictures(args):
         track_consistency,
     )
 
-    check_step(args.noise_step, args.num_steps)
+    check_noising(args.noise, [args.noise_step], args.num_steps)
     if not 2 <= args.clusters <= 20:
         raise UserError(f"--clusters must be between 2 and 20, got {args.clusters}")
     clip = None
@@ -516,7 +443,7 @@ def run_pictures(args):
     backbones = [_load(m, args) for m in args.models]
     for bb in backbones:
         bb.check_layers([_block(bb, args.block)])
-    with staged_dir(Path(args.out)) as tmp:
+    with atomic_directory(check_output_dir(args.out)) as tmp:
         summary, video_rows, strip_rows, labels = {}, [], [], []
         for bb in backbones:
             block = _block(bb, args.block)

@@ -111,7 +111,7 @@ def resolve_layers(values, recommendation, backbone):
 
 def run(args):
     from difftrack.tracker import DiffTracker
-    from difftrack.visualize import draw_tracks
+    from difftrack.drawing import draw_tracks
 
     video, fps = read_video(args.video)
     num_frames, height, width = video.shape[:3]

@@ -77,7 +77,6 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
     video = key.shape[1]
     frames = video // tokens
     text_len = 0 if text_key is None else text_key.shape[1]
-    item = torch.finfo(dtype).bits // 8
     head_chunk, query_chunk = chunk_sizes(heads, points, video, dim, dtype, key.dtype, memory_budget, head_chunk)
 
     backward = None

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from difftrack.backbones import Backbone
 from difftrack.capture import DescriptorCapture, StopForward
 from difftrack.errors import UserError
-from difftrack.noising import NOISE_MODES, check_step, prepare_latents
+from difftrack.noising import check_noising, prepare_latents
 
 FEATURE_KINDS = ("query", "key", "feature", "block")
 DEFAULT_NUM_STEPS = 50
@@ -74,13 +74,11 @@ def is_image_model(backbone: Backbone) -> bool:
 
 def check_spec(backbone: Backbone, spec: FeatureSpec) -> None:
     backbone.check_layers(list(spec.blocks))
-    check_step(spec.step, spec.num_steps)
+    check_noising(spec.noise, [spec.step], spec.num_steps)
     unknown = [k for k in spec.kinds if k not in FEATURE_KINDS]
     if unknown or not spec.kinds:
         raise UserError(f"unknown feature kind {', '.join(unknown) or '(none given)'}; "
                         f"choose from {', '.join(FEATURE_KINDS)}")
-    if spec.noise not in NOISE_MODES:
-        raise UserError(f"unknown noise mode {spec.noise!r}; choose one of {', '.join(NOISE_MODES)}")
     if spec.window is not None and spec.window < 1:
         raise UserError(f"--window must be at least 1 frame, got {spec.window}")
 
@@ -136,21 +134,10 @@ class _BlockOutputs:
         return hook
 
 
-def to_model_pixels(video: np.ndarray, backbone: Backbone) -> torch.Tensor:
-    """uint8 frames (T, H, W, 3) -> (1, T, 3, h, w) in [-1, 1] at the backbone's working size (as the tracker)."""
-    import cv2
-
-    h, w = video.shape[1:3]
-    wh, ww = backbone.working_size(h, w)
-    frames = np.stack([cv2.resize(f, (ww, wh), interpolation=cv2.INTER_AREA) for f in video])
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
-
-
 @torch.no_grad()
 def token_grid(backbone: Backbone, frame_size: tuple[int, int]) -> tuple[int, int]:
     """The token grid (rows, columns) the backbone puts on frames of ``frame_size`` (encodes one blank frame)."""
-    blank = to_model_pixels(np.zeros((1, *frame_size, 3), np.uint8), backbone)
-    latents = backbone.encode_video(blank.to(backbone.device), frame_as_latent=True)
+    latents = backbone.encode_frames(np.zeros((1, *frame_size, 3), np.uint8), frame_as_latent=True)
     geometry = backbone.geometry(latents, 0, frame_size=tuple(frame_size), frame_as_latent=True)
     return geometry.grid_h, geometry.grid_w
 
@@ -169,7 +156,7 @@ def extract_features(backbone: Backbone, video: np.ndarray, spec: FeatureSpec, p
     else:
         window = 1 if per_frame else (spec.window or backbone.max_frames)
 
-    latents = backbone.encode_video(to_model_pixels(video, backbone).to(backbone.device), frame_as_latent=True)
+    latents = backbone.encode_frames(video, frame_as_latent=True)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(spec.seed)).to(latents)
     prompt, extras = backbone.encode_conditioning([""])
     geometry = backbone.geometry(latents[:, :1], prompt.shape[1], frame_size=(height, width), frame_as_latent=True)

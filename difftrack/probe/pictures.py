@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from difftrack.drawing import label_colours, upscale
+
 KMEANS_CLUSTERS = 10
 
 
@@ -73,26 +75,13 @@ def cluster_map(feature_map: np.ndarray, k: int = KMEANS_CLUSTERS, seed: int = 0
     return kmeans(feats.numpy(), k, seed=seed).reshape(num_frames, h, w)
 
 
-def cluster_colours(ids: np.ndarray, k: int = KMEANS_CLUSTERS) -> np.ndarray:
-    import matplotlib
-
-    palette = (np.asarray(matplotlib.colormaps["tab10" if k <= 10 else "tab20"].colors)[:k] * 255).astype(np.uint8)
-    return palette[ids]
-
-
-def _upscale(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    return np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_NEAREST) for f in frames])
-
-
 def picture_rows(video: np.ndarray, feature_map: np.ndarray, k: int = KMEANS_CLUSTERS, seed: int = 0,
                  scale: int = 4) -> dict[str, np.ndarray]:
     """uint8 frames (T, H * scale, W * scale, 3) of the video, its PCA picture and its cluster map."""
     height, width = video.shape[1:3]
     size = (height * scale, width * scale)
-    return {"video": _upscale(video, size), "pca": _upscale(pca_rgb(feature_map), size),
-            "kmeans": _upscale(cluster_colours(cluster_map(feature_map, k, seed), k), size)}
+    return {"video": upscale(video, size), "pca": upscale(pca_rgb(feature_map), size),
+            "kmeans": upscale(label_colours(cluster_map(feature_map, k, seed), k), size)}
 
 
 def strip(rows: list[np.ndarray], labels: list[str] | None = None, gap: int = 2) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difftrack.drawing import pyplot, save_figure
 from difftrack.io import atomic_path, write_json
 from difftrack.probe.tasks import HEADLINE, TASK_METRICS
 
@@ -87,11 +88,7 @@ def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dic
 
 
 def sweep_figure(records: list[dict], task: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metric = HEADLINE[task]
     models = list(dict.fromkeys(r["model"] for r in records))
     steps = sorted({r["step"] for r in records})
@@ -118,9 +115,7 @@ def sweep_figure(records: list[dict], task: str, path: Path) -> None:
         ax.set_title(model, fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=metric)
     fig.suptitle(f"{task}: {metric}", fontsize=10)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_sweep(out_dir: Path, records: list[dict], references: list[dict], tasks, meta: dict) -> dict:
