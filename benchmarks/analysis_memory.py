@@ -53,7 +53,7 @@ def build(layers: int, heads: int, head_dim: int):
 
 def main(argv=None):
     from difftrack.analysis.metrics import StepReducer, grid_query_tokens
-    from difftrack.analysis.runner import AnalysisConfig, Analyzer
+    from difftrack.analysis import AnalysisConfig, Analyzer
     from difftrack.io import write_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

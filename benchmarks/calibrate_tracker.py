@@ -39,7 +39,8 @@ def main(argv=None):
     from difftrack.data.tapvid import sample_queries
     from difftrack.io import write_json
     from difftrack.metrics import average_over_videos, compute_tapvid_metrics
-    from difftrack.tracker import DiffTracker, calibration_key
+    from difftrack.backbones.settings import calibration_path
+    from difftrack.tracker import DiffTracker
 
     tracker = DiffTracker(args.model, cycle_threshold=float("inf"), peak_threshold=0.0)
     records = []
@@ -75,7 +76,7 @@ def main(argv=None):
         "grid": [{"cycle_threshold": None if math.isinf(c) else c, "peak_threshold": pk, "average_jaccard": m["average_jaccard"],
                   "occlusion_accuracy": m["occlusion_accuracy"]} for c, pk, m in table],
     }
-    out = Path(args.out) if args.out else Path(__file__).resolve().parents[1] / "difftrack" / "calibration" / f"{calibration_key(tracker.backbone.name)}.json"
+    out = Path(args.out) if args.out else calibration_path(tracker.backbone.name)
     write_json(out, result)
     print(f"best cycle_threshold={best[0]} peak_threshold={best[1]}: AJ {best[2]['average_jaccard']:.3f} "
           f"OA {best[2]['occlusion_accuracy']:.3f} (always visible: AJ {always_visible['average_jaccard']:.3f} "

@@ -27,8 +27,6 @@ import csv
 import io
 import itertools
 import json
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -36,9 +34,10 @@ import numpy as np
 from tqdm import tqdm
 
 from difftrack.cli import OneLineErrorParser, run_reporting_errors
+from difftrack.distributed import gather_on_rank_zero, rank_and_world
 from difftrack.data.tapvid import DATASETS, TapVidReader, sample_queries, to_protocol
 from difftrack.errors import UserError
-from difftrack.io import atomic_path, save_npz, write_json
+from difftrack.io import atomic_path, format_number, json_safe, save_npz, write_json
 from difftrack.metrics import METRIC_NAMES, QUERY_MODES, average_over_videos, compute_tapvid_metrics
 from difftrack.options import check_output_dir, output_dir, positive
 
@@ -157,15 +156,6 @@ class PartialStore:
                  **{key: result[key] for key in self.ARRAYS})
 
 
-def _distributed() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def run(args: argparse.Namespace) -> None:
     reader = TapVidReader(args.dataset, args.root)
     model = (args.model or _default_model()) if "difftrack" in args.trackers else None
@@ -177,7 +167,7 @@ def run(args: argparse.Namespace) -> None:
         stores[name].check()
     trackers = build_trackers(args.trackers, model)
 
-    rank, world = _distributed()
+    rank, world = rank_and_world()
 
     total = reader.num_videos if args.limit is None else min(args.limit, reader.num_videos or args.limit)
     mine = None if total is None else len(range(rank, total, world))
@@ -197,7 +187,7 @@ def run(args: argparse.Namespace) -> None:
                     stores[tracker].save(index, name, results[tracker])
             bar.update(1)
             local.append((index, name, results))
-    gathered = _gather(local, world)
+    gathered = gather_on_rank_zero(local, world)
     if rank == 0:
         args.out.mkdir(parents=True, exist_ok=True)
         write_outputs(args.out, args.trackers, sorted(gathered, key=lambda item: item[0]))
@@ -209,20 +199,9 @@ def _default_model() -> str:
     return DEFAULT_BACKBONE
 
 
-def _gather(local: list, world: int) -> list:
-    if world == 1:
-        return local
-    import torch.distributed as dist
-
-    gathered = [None] * world if dist.get_rank() == 0 else None
-    dist.gather_object(local, gathered, dst=0)
-    dist.destroy_process_group()
-    return [item for part in gathered for item in part] if gathered is not None else []
-
-
 def write_outputs(out: Path, tracker_names: list[str], videos: list) -> None:
     summary = {t: average_over_videos([results[t]["metrics"] for _, _, results in videos]) for t in tracker_names}
-    write_json(out / "summary.json", {t: {m: _json_number(v) for m, v in s.items()} for t, s in summary.items()})
+    write_json(out / "summary.json", json_safe(summary))
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -246,18 +225,10 @@ def write_outputs(out: Path, tracker_names: list[str], videos: list) -> None:
              "| tracker | " + " | ".join(label for label, _ in SUMMARY_COLUMNS) + " |",
              "|---|" + "---:|" * len(SUMMARY_COLUMNS)]
     for tracker in tracker_names:
-        cells = [_percent(summary[tracker][metric]) for _, metric in SUMMARY_COLUMNS]
+        cells = [format_number(summary[tracker][metric], ".1f", scale=100) for _, metric in SUMMARY_COLUMNS]
         lines.append(f"| {tracker} | " + " | ".join(cells) + " |")
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-
-
-def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
-def _percent(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,13 +82,13 @@ def parse_args(argv):
 def run(args) -> None:
     from difftrack.backbones import create_backbone
     from difftrack.baselines import BASELINES
-    from difftrack.tracker import DiffTracker, load_recommendation
+    from difftrack.tracker import DiffTracker
 
     reader = TapVidReader(args.dataset, args.root)
     backbone = create_backbone(args.model)
     extra = parse_set(args.set)
     try:
-        recommended = load_recommendation(None, backbone)[0]
+        recommended = backbone.recommendation()[0]
     except UserError:
         recommended = backbone.track_layers()
     trackers = {name: DiffTracker(backbone, **dict(options, **extra))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from difftrack.backbones.base import Backbone, ProcessorCall
 
@@ -135,3 +136,14 @@ class DescriptorCapture:
             self.results[(layer, self.step)] = desc
         if self.early_exit and layer == self.layers[-1]:
             raise StopForward
+
+
+def sample_descriptors(desc: torch.Tensor, points_tok: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly sample per-head descriptors (H, P, D) of one frame at token coordinates (N, 2) -> (H, N, D)."""
+    h, w = grid
+    heads, _, dim = desc.shape
+    maps = desc.reshape(heads, h, w, dim).permute(0, 3, 1, 2).float()
+    norm = torch.stack([points_tok[:, 0] / w * 2 - 1, points_tok[:, 1] / h * 2 - 1], dim=-1).float()
+    out = F.grid_sample(maps, norm.view(1, 1, -1, 2).expand(heads, -1, -1, -1), mode="bilinear",
+                        padding_mode="border", align_corners=False)  # token centres at j + 0.5
+    return out[:, :, 0, :].permute(0, 2, 1).to(desc.dtype)

@@ -54,6 +54,31 @@ def atomic_directory(out: str | os.PathLike):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def json_safe(obj):
+    """``obj`` with numpy scalars and arrays as Python numbers and lists, and NaN / inf as None (JSON null)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer)):
+        return json_safe(obj.item())
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def format_number(value, spec: str = ".3f", missing: str = "n/a", scale: float = 1.0) -> str:
+    """One number in tables and CSVs: ``format(value * scale, spec)``, ``missing`` for None / NaN / inf;
+    anything that is not a float passes through as ``str``."""
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+        return missing
+    if isinstance(value, (float, np.floating)):
+        return format(float(value) * scale, spec)
+    return str(value)
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2))

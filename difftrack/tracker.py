@@ -17,30 +17,19 @@ position back into the frame the window's segment started from) and peak confide
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from difftrack.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from difftrack.capture import DescriptorCapture
+from difftrack.capture import DescriptorCapture, sample_descriptors
 from difftrack.decoding import MotionModel, viterbi_decode
 from difftrack.errors import UserError
 from difftrack.io import check_points
 from difftrack.kernels import match
 from difftrack.noising import check_noising, prepare_latents
-
-
-CALIBRATION_DIR = Path(__file__).parent / "calibration"
-
-
-def calibration_key(model_name: str) -> str:
-    """File stem of a model's occlusion calibration (hub ids and paths flattened)."""
-    return model_name.strip("/").replace("/", "--")
 
 
 TEMPORAL_MODES = ("viterbi", "none")
@@ -73,10 +62,6 @@ class TrackerConfig:
     backend: str = "auto"
 
 
-# Occlusion thresholds of a model without a calibration file (benchmarks/calibrate_tracker.py writes one).
-UNCALIBRATED = {"cycle_threshold": 1.5, "peak_threshold": 0.0}
-
-
 @dataclass
 class TrackerStats:
     forwards: int = 0
@@ -103,36 +88,6 @@ def frame_noise(shape, frames: list[int], seed: int, draw: int = 0) -> torch.Ten
         ((seed * 1_000_003 + draw) * 1_000_033 + f) % 2**63)) for f in frames])[None]
 
 
-def sample_descriptors(desc: torch.Tensor, points_tok: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly sample per-head descriptors (H, P, D) of one frame at token coordinates (N, 2) -> (H, N, D)."""
-    h, w = grid
-    heads, _, dim = desc.shape
-    maps = desc.reshape(heads, h, w, dim).permute(0, 3, 1, 2).float()
-    norm = torch.stack([points_tok[:, 0] / w * 2 - 1, points_tok[:, 1] / h * 2 - 1], dim=-1).float()
-    out = F.grid_sample(maps, norm.view(1, 1, -1, 2).expand(heads, -1, -1, -1), mode="bilinear",
-                        padding_mode="border", align_corners=False)  # token centres at j + 0.5
-    return out[:, :, 0, :].permute(0, 2, 1).to(desc.dtype)
-
-
-def load_recommendation(path: str | Path | None, backbone: Backbone) -> tuple[list[int], list[int] | None, int | None]:
-    """Layers, steps and the schedule length they index, as recommended by `difftrack analyze`
-    (recommendation.json or its directory);
-    ``path`` None reads the recommendation shipped with the model, if it has one."""
-    if path is None:
-        path = backbone.recommendation_path
-        if path is None:
-            raise UserError(f"`auto` layers need --recommendation DIR (from `difftrack analyze --out DIR`); "
-                            f"{backbone.name} ships no recommendation.json")
-    path = Path(path)
-    if path.is_dir():
-        path = path / "recommendation.json"
-    if not path.is_file():
-        raise UserError(f"no analysis recommendation at {path}; run `difftrack analyze --out DIR` first "
-                        f"and pass --recommendation DIR, or give explicit layers")
-    rec = json.loads(path.read_text())
-    return backbone.check_layers(rec["layers"]), rec.get("steps"), rec.get("num_steps")
-
-
 class DiffTracker:
     """Track points through a video with a video DiT's attention.
 
@@ -149,12 +104,9 @@ class DiffTracker:
             raise TypeError(f"unknown tracker option {', '.join(unknown)}")
         cfg = replace(config or TrackerConfig(), **overrides)  # the caller's config stays as it was
         bb = self.backbone
-        calibration = CALIBRATION_DIR / f"{calibration_key(bb.name)}.json"
-        calibrated = json.loads(calibration.read_text()) if calibration.is_file() else {}
-        for k in ("cycle_threshold", "peak_threshold"):
+        for k, calibrated in bb.occlusion_thresholds().items():
             if getattr(cfg, k) is None:  # only what the caller left open is calibrated
-                value = calibrated.get(k, UNCALIBRATED[k])
-                setattr(cfg, k, float("inf") if value is None else float(value))
+                setattr(cfg, k, calibrated)
             elif not getattr(cfg, k) >= 0:
                 raise UserError(f"{k} must be a number >= 0, got {getattr(cfg, k)}")
         if cfg.window is not None and cfg.window < 2:

@@ -30,6 +30,12 @@ def test_no_library_module_imports_test_fixtures_or_commands():
     assert not offenders, offenders
 
 
+def test_the_analysis_does_not_import_the_tracker():
+    offenders = [f"{path.name} imports {name}" for path in sorted((PACKAGE / "analysis").glob("*.py"))
+                 for name in _imports(path) if name == "difftrack.tracker"]
+    assert not offenders, offenders
+
+
 FAMILY_CLASS_PREFIXES = ("CogVideoX", "HunyuanVideo", "Wan", "LTX")
 
 

@@ -10,7 +10,8 @@ from difftrack.cli import main
 from difftrack.errors import UserError
 from difftrack.io import write_video
 from difftrack.testing import save_pipeline, tiny_components
-from difftrack.tracker import DiffTracker, DiffTrackerPredictor, frame_windows, sample_descriptors
+from difftrack.capture import sample_descriptors
+from difftrack.tracker import DiffTracker, DiffTrackerPredictor, frame_windows
 
 
 @pytest.fixture(scope="module")

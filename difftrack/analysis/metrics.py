@@ -37,10 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from difftrack.capture import Descriptors
+from difftrack.capture import Descriptors, sample_descriptors
 from difftrack.geometry import TokenGeometry
 from difftrack.kernels import match
-from difftrack.tracker import sample_descriptors
 
 REFERENCE_THRESHOLD_PX = 8.0
 REFERENCE_SIZE = (480, 720)

@@ -18,7 +18,7 @@ import difftrack
 from difftrack.analysis.metrics import BASELINE_METRICS, METRIC_LABELS, METRICS
 from difftrack.analysis.ranking import aggregate, rank
 from difftrack.drawing import pyplot, save_figure
-from difftrack.io import atomic_path, write_json
+from difftrack.io import atomic_path, format_number, json_safe, write_json
 
 DPI = 80
 METHOD_NOTE = (
@@ -29,20 +29,6 @@ METHOD_NOTE = (
     "replayed and nothing dense is stored. The finished video is then labelled at exactly those query points "
     "(token centres) and scored. Real videos and generator clips are encoded and, per step, noised (or kept clean "
     "or inverted) and run once with an empty prompt, one branch, up to the deepest requested layer.")
-
-
-def _nan_to_none(obj):
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, np.ndarray):
-        return _nan_to_none(obj.tolist())
-    if isinstance(obj, (np.floating, np.integer)):
-        return _nan_to_none(obj.item())
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
 
 
 def findings(means: dict[str, np.ndarray], layers: list[int], steps: list[int], accuracy: str) -> dict:
@@ -107,7 +93,7 @@ def write_report(out: Path, records: list[dict], backbone, config, layers: list[
                       "num_steps": config.num_steps,
                       "metric": f"harmonic mean of min-max normalised {accuracy}, conf_cross, attn_cross",
                       "videos": len(records)}
-    write_json(out / "results.json", _nan_to_none(results))
+    write_json(out / "results.json", json_safe(results))
     write_json(out / "recommendation.json", recommendation)
     _write_csvs(out, records, agg, ranked, layers, steps)
     figures = _write_figures(out, means, agg, ranked["score"], layers, steps, accuracy, figures_path)
@@ -123,8 +109,8 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
             writer.writerows(rows)
 
 
-def _fmt(v) -> str:
-    return "" if v is None or not np.isfinite(v) else f"{float(v):.6g}"
+def _csv_number(v) -> str:
+    return format_number(v, ".6g", missing="")
 
 
 def _write_csvs(out, records, agg, ranked, layers, steps):
@@ -132,9 +118,9 @@ def _write_csvs(out, records, agg, ranked, layers, steps):
     rows = []
     for i, layer in enumerate(layers):
         for j, step in enumerate(steps):
-            row = [layer, step, _fmt(ranked["score"][i, j])]
+            row = [layer, step, _csv_number(ranked["score"][i, j])]
             for n in names:
-                row += [_fmt(agg[n]["mean"][i, j]), _fmt(agg[n]["std"][i, j]), int(agg[n]["count"][i, j])]
+                row += [_csv_number(agg[n]["mean"][i, j]), _csv_number(agg[n]["std"][i, j]), int(agg[n]["count"][i, j])]
             rows.append(row)
     header = ["layer", "step", "harmonic_score"] + [f"{n}_{k}" for n in names for k in ("mean", "std", "count")]
     _write_csv(out / "aggregate.csv", header, rows)
@@ -142,10 +128,10 @@ def _write_csvs(out, records, agg, ranked, layers, steps):
     for r in records:
         for i, layer in enumerate(layers):
             for j, step in enumerate(steps):
-                rows.append([r["id"], layer, step] + [_fmt(r["metrics"][n][i][j]) for n in names])
+                rows.append([r["id"], layer, step] + [_csv_number(r["metrics"][n][i][j]) for n in names])
     _write_csv(out / "per_video.csv", ["video", "layer", "step"] + names, rows)
     _write_csv(out / "ranking.csv", ["rank", "layer", "step", "score"],
-               [[k + 1, e["layer"], e["step"], _fmt(e["score"])] for k, e in enumerate(ranked["ranking"])])
+               [[k + 1, e["layer"], e["step"], _csv_number(e["score"])] for k, e in enumerate(ranked["ranking"])])
 
 
 def _write_figures(out, means, agg, score, layers, steps, accuracy, figures_path) -> list[tuple[str, str]]:

@@ -54,6 +54,12 @@ def register_backbone(name: str, *, source: str, description: str, weights_prese
     return wrap
 
 
+def register_checkpoint(name: str, hub_id: str, loader: Callable[..., Backbone], description: str) -> None:
+    """A registry name for a hub checkpoint that ``loader(where, name=..., **kw)`` loads (from the local cache)."""
+    register_backbone(name, source=hub_id, description=description, weights_present=hub_weights_present(hub_id))(
+        lambda **kw: loader(hub_id, name=name, **kw))
+
+
 def register_pipeline_loader(*pipeline_class_names: str):
     def wrap(loader):
         for n in pipeline_class_names:
@@ -149,7 +155,7 @@ def _import_families() -> None:
     from difftrack.backbones import cogvideox, embedded, hunyuan, wan  # noqa: F401
 
 
-__all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "TinyConfig", "register_backbone", "register_pipeline_loader",
+__all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "TinyConfig", "register_backbone", "register_checkpoint", "register_pipeline_loader",
            "register_tiny_config", "tiny_configs",
            "create_backbone", "list_backbones", "load_component", "hub_weights_present", "DEFAULT_BACKBONE",
            "DEFAULT_IMAGE_TWIN"]

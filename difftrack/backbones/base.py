@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from difftrack.backbones import settings
 from difftrack.errors import UserError
 from difftrack.geometry import TokenGeometry
 
@@ -34,6 +36,9 @@ class Backbone:
 
     family: ClassVar[str] = ""
     text_position: ClassVar[str] = "first"
+    # The names of the VAE config's (spatial, temporal) compression; None: spatial from its levels, temporal 1.
+    vae_compression_keys: ClassVar[tuple[str, str] | None] = None
+    trained_latent_frames: ClassVar[int] = 13  # latent frames of the stock pipeline's default video
 
     def __init__(self, name: str, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source: str = ""):
         self.name = name
@@ -94,11 +99,14 @@ class Backbone:
     @property
     def spatial_compression(self) -> int:
         """Pixels per latent cell along one axis (the VAE's downsampling)."""
+        if self.vae_compression_keys:
+            return getattr(self.vae.config, self.vae_compression_keys[0])
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def temporal_compression(self) -> int:
-        return 1
+        """RGB frames per latent frame."""
+        return getattr(self.vae.config, self.vae_compression_keys[1]) if self.vae_compression_keys else 1
 
     @property
     def patch_size(self) -> int:
@@ -107,7 +115,7 @@ class Backbone:
     @property
     def max_frames(self) -> int:
         """Latent frames one forward takes in the model's trained setting (the tracking window)."""
-        return 13
+        return self.trained_latent_frames
 
     # The method's defaults for known architectures, keyed by (attention layers, heads) of the transformer
     # config, so that a registry name, a hub id and a local directory of the same weights get the same:
@@ -136,13 +144,25 @@ class Backbone:
         n = self.num_layers
         return sorted({max(n // 2 - 1, 0), n // 2}) if n > 1 else [0]
 
-    @property
-    def recommendation_path(self):
+    def shipped_recommendation(self) -> Path | None:
         """recommendation.json shipped inside a local model directory (what `--layers auto` reads by default)."""
-        from pathlib import Path
-
         path = Path(self.source) / "recommendation.json" if self.source else None
         return path if path is not None and path.is_file() else None
+
+    def recommendation(self, path=None) -> tuple[list[int], list[int] | None, int | None]:
+        """Layers, steps and the schedule length they index, as `difftrack analyze` recommends them: from
+        ``path`` (recommendation.json or its directory), or the one shipped with the model."""
+        if path is None:
+            path = self.shipped_recommendation()
+            if path is None:
+                raise UserError(f"`auto` layers need --recommendation DIR (from `difftrack analyze --out DIR`); "
+                                f"{self.name} ships no recommendation.json")
+        rec = settings.read_recommendation(path)
+        return self.check_layers(rec["layers"]), rec.get("steps"), rec.get("num_steps")
+
+    def occlusion_thresholds(self) -> dict[str, float]:
+        """The tracker's calibrated occlusion thresholds for this model (difftrack/calibration/)."""
+        return settings.occlusion_thresholds(self.name)
 
     def working_size(self, height: int, width: int) -> tuple[int, int]:
         """The resolution a video of (height, width) is resized to before encoding."""

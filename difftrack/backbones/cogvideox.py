@@ -10,15 +10,8 @@ from functools import partial
 
 import torch
 
-from difftrack.backbones import (
-    Backbone,
-    ProcessorCall,
-    hub_weights_present,
-    load_component,
-    register_backbone,
-    register_pipeline_loader,
-    register_tiny_config,
-)
+from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
 from difftrack.errors import UserError
 
@@ -184,19 +177,15 @@ def load_cogvideox_i2v(where, **kw):
     return _load(CogVideoXImageToVideoBackbone, where, **kw)
 
 
-for _name, _repo, _loader, _desc in [
-    ("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, "CogVideoX-2B text-to-video, sin-cos positions"),
-    ("cogvideox-5b", "THUDM/CogVideoX-5b", load_cogvideox, "CogVideoX-5B text-to-video, 3D RoPE"),
-    ("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox_i2v, "CogVideoX-5B image-to-video, 3D RoPE"),
-]:
-    register_backbone(_name, source=_repo, description=_desc, weights_present=hub_weights_present(_repo))(
-        lambda _repo=_repo, _loader=_loader, _name=_name, **kw: _loader(_repo, name=_name, **kw)
-    )
+register_checkpoint("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, "CogVideoX-2B text-to-video, sin-cos positions")
+register_checkpoint("cogvideox-5b", "THUDM/CogVideoX-5b", load_cogvideox, "CogVideoX-5B text-to-video, 3D RoPE")
+register_checkpoint("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox_i2v,
+                    "CogVideoX-5B image-to-video, 3D RoPE")
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
 def tiny_components(rope: bool = True, i2v: bool = False, layers: int = 2, heads: int = 2,
-                              head_dim: int = 16, text_tokens: int = 8, sample: int = 8, seed: int = 0) -> dict:
+                    head_dim: int = 16, text_tokens: int = 8, sample: int = 8, seed: int = 0) -> dict:
     """Components of a CogVideoX(-I2V) pipeline: 8x spatial / 4x temporal VAE, ``layers`` blocks."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 

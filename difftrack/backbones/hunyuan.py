@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.backbones import (
-    Backbone,
-    ProcessorCall,
-    hub_weights_present,
-    load_component,
-    register_backbone,
-    register_pipeline_loader,
-    register_tiny_config,
-)
+from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
 from difftrack.backbones.flow import FlowMatchingMixin
 
@@ -28,6 +21,8 @@ HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 
 class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     family = "hunyuanvideo"
+    vae_compression_keys = ("spatial_compression_ratio", "temporal_compression_ratio")
+    trained_latent_frames = 33  # the stock pipeline's 129 RGB frames
     text_position = "last"
     # method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.
     method_defaults = {(60, 24): {"track_layers": (16,), "track_step": (29, 30)}}
@@ -49,18 +44,6 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     @property
     def num_dual_layers(self) -> int:
         return len(self.transformer.transformer_blocks)
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.vae.config.spatial_compression_ratio
-
-    @property
-    def temporal_compression(self) -> int:
-        return self.vae.config.temporal_compression_ratio
-
-    @property
-    def max_frames(self) -> int:
-        return 33  # the stock pipeline's 129 RGB frames
 
     def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
         """The stock pipeline's schedule: sigmas linear from 1 to 1/num_steps, then the scheduler's shift."""
@@ -189,7 +172,8 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         return video_out, encoder_out
 
 
-def _load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+@register_pipeline_loader("HunyuanVideoPipeline")
+def load_hunyuan_video(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
     from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
 
@@ -206,20 +190,13 @@ def _load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
                                 text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **kwargs)
 
 
-@register_pipeline_loader("HunyuanVideoPipeline")
-def load_hunyuan_video(where, **kw):
-    return _load(where, **kw)
-
-
-@register_backbone("hunyuanvideo", source=HUB_ID, weights_present=hub_weights_present(HUB_ID),
-                   description="HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")
-def hunyuanvideo(**kw):
-    return load_hunyuan_video(HUB_ID, name="hunyuanvideo", **kw)
+register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video,
+                    "HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
 def tiny_components(layers: int = 1, single_layers: int = 1, heads: int = 2, head_dim: int = 16,
-                                  seed: int = 0) -> dict:
+                    seed: int = 0) -> dict:
     """Components of a HunyuanVideoPipeline: 8x spatial / 4x temporal VAE, dual- and single-stream blocks."""
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 

@@ -11,15 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.backbones import (
-    Backbone,
-    ProcessorCall,
-    hub_weights_present,
-    load_component,
-    register_backbone,
-    register_pipeline_loader,
-    register_tiny_config,
-)
+from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import register_tiny_config
 from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -39,6 +32,8 @@ def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
 
 class WanBackbone(FlowMatchingMixin, Backbone):
     family = "wan"
+    vae_compression_keys = ("scale_factor_spatial", "scale_factor_temporal")
+    trained_latent_frames = 21  # the stock pipeline's 81 RGB frames
     text_position = "separate"
     cag_refusal = ("Wan keeps text in separate cross-attention, so CAG (video attends only to text and its own frame "
                    "in the joint 3D attention) has no joint attention to restrict; use --guidance cfg with Wan")
@@ -59,18 +54,6 @@ class WanBackbone(FlowMatchingMixin, Backbone):
         if p_t != 1 or p_h != p_w:  # the token geometry maps one latent frame to one token frame, square tokens
             raise NotImplementedError(f"Wan patch size {(p_t, p_h, p_w)} is not supported; (1, p, p) is")
         return p_h
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.vae.config.scale_factor_spatial
-
-    @property
-    def temporal_compression(self) -> int:
-        return self.vae.config.scale_factor_temporal
-
-    @property
-    def max_frames(self) -> int:
-        return 21  # the stock pipeline's 81 RGB frames
 
     # ----- video <-> latents -------------------------------------------------------------------
     def _latent_stats(self, like: torch.Tensor):
@@ -130,7 +113,8 @@ class WanBackbone(FlowMatchingMixin, Backbone):
         return call.hooked["to_out_in"]
 
 
-def _load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+@register_pipeline_loader("WanPipeline")
+def load_wan(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -145,15 +129,8 @@ def _load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
     return WanBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where, **kwargs)
 
 
-@register_pipeline_loader("WanPipeline")
-def load_wan(where, **kw):
-    return _load(where, **kw)
-
-
-@register_backbone("wan2.1-t2v-1.3b", source=HUB_ID, weights_present=hub_weights_present(HUB_ID),
-                   description="Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")
-def wan21_t2v_1_3b(**kw):
-    return load_wan(HUB_ID, name="wan2.1-t2v-1.3b", **kw)
+register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan,
+                    "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------

@@ -82,7 +82,8 @@ def _indices(values: list[str], flag: str) -> list[int] | None:
 
 def build_jobs(args, analyzer, prompts: list[str] | None) -> list:
     """The videos to analyse; ``prompts`` are those of --prompts, read by the caller."""
-    from difftrack.analysis.runner import VideoJob
+    from difftrack.analysis import VideoJob
+    from difftrack.analysis.jobs import load_video
 
     sources = [s for s in ("prompts", "video", "tapvid", "synthetic_seeds") if getattr(args, s)]
     if len(sources) != 1:
@@ -109,14 +110,14 @@ def build_jobs(args, analyzer, prompts: list[str] | None) -> list:
         tracks = args.tracks[i] if args.tracks else None
         job = VideoJob("video", Path(path).stem, path=str(path), tracks=tracks)
         # Read now (video, tracks, frame count), so a bad file fails before anything is written.
-        video, _, _, _ = analyzer.load_real(job)
+        video, _, _, _ = load_video(job, analyzer.backbone, analyzer.config)
         analyzer.backbone.check_frame_count(len(video))
         jobs.append(job)
     return jobs
 
 
 def run(args):
-    from difftrack.analysis.runner import AnalysisConfig, Analyzer, run_analysis
+    from difftrack.analysis import AnalysisConfig, Analyzer, run_analysis
     from difftrack.io import read_prompts
 
     prompts = read_prompts(args.prompts) if args.prompts else None  # before the model loads

@@ -26,16 +26,8 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support
 from difftrack.io import atomic_path, read_prompts, write_video
-from difftrack.options import (
-    add_device_arguments,
-    backbone_options,
-    check_output_dir,
-    check_output_file,
-    integer,
-    number,
-    positive,
-    seed,
-)
+from difftrack.options import add_device_arguments, backbone_options, check_output_dir, check_output_file, integer
+from difftrack.options import number, positive, seed
 
 
 def add_arguments(p):
@@ -77,11 +69,9 @@ def resolve_cag_layers(values, recommendation, backbone) -> list[int]:
     if values is None:
         return backbone.default_cag_layers()
     if values == ["auto"]:
-        from difftrack.tracker import load_recommendation
-
         if recommendation is None:
             raise UserError("--cag-layers auto needs --recommendation DIR (from `difftrack analyze --out DIR`)")
-        return load_recommendation(recommendation, backbone)[0]
+        return backbone.recommendation(recommendation)[0]
     try:
         layers = [int(v) for v in values]
     except ValueError:

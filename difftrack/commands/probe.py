@@ -24,8 +24,6 @@ video's own size. Keypoints: JSON [[x, y], ...] or [{"x": .., "y": ..}, ...] in 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import time
 from pathlib import Path
 
@@ -34,30 +32,12 @@ import numpy as np
 import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_TWIN
 from difftrack.errors import UserError
-from difftrack.drawing import draw_labels_and_points
-from difftrack.io import (
-    atomic_directory,
-    atomic_path,
-    read_keypoints,
-    read_label_map,
-    read_video,
-    write_json,
-    write_video,
-)
+from difftrack.drawing import draw_labels_and_points, readable_scale
+from difftrack.io import atomic_directory, atomic_path, read_keypoints, read_label_map, read_video, write_json
+from difftrack.io import write_video
 from difftrack.noising import NOISE_MODES, check_noising
-from difftrack.options import (
-    add_device_arguments,
-    backbone_options,
-    check_output_dir,
-    check_output_file,
-    integer,
-    number,
-    output_dir,
-    output_file,
-    output_prefix,
-    positive,
-    seed,
-)
+from difftrack.options import add_device_arguments, backbone_options, check_output_dir, check_output_file, integer
+from difftrack.options import number, output_dir, output_file, output_prefix, positive, seed
 
 DEFAULT_STEP = 40
 DEFAULT_SWEEP_STEPS = (10, 25, 40)
@@ -296,7 +276,7 @@ def run_propagate(args):
         arrays["masks"] = ids.astype(np.int32)
     if tracks is not None:
         arrays["keypoints"] = tracks
-    scale = max(1, int(np.ceil(384 / max(size))))
+    scale = readable_scale(*size)
     with atomic_path(out.with_suffix(".npz")) as npz_tmp:
         np.savez(npz_tmp, **arrays)
         write_video(out.with_suffix(".mp4"), draw_labels_and_points(video, ids, tracks, scale), fps)
@@ -358,28 +338,12 @@ def run_compare(args):
 
 
 def _compare_from_sweep(args):
-    from difftrack.probe.compare import write_compare
+    from difftrack.probe.compare import records_from_sweep, write_compare
 
-    path = Path(args.from_sweep)
-    path = path / "sweep.json" if path.is_dir() else path
-    if not path.is_file():
-        raise UserError(f"no sweep results at {path}; run `difftrack probe sweep --out DIR` first")
-    sweep = json.loads(path.read_text())
-    meta, records = sweep["meta"], sweep["records"]
-    picked = {}
-    for model in (args.video_model, args.image_model):
-        rows = [r for r in records if r["model"] == model]
-        if not rows:
-            raise UserError(f"the sweep in {path} has no records of {model}; it swept {', '.join(meta['models'])}")
-        swept = sorted({r["block"] for r in rows})
-        block = args.block if args.block is not None else swept[len(swept) // 2]
-        match = [r for r in rows if r["block"] == block and r["step"] == args.noise_step]
-        if not match:
-            raise UserError(f"the sweep has no record of {model} at block {block}, step {args.noise_step}; it swept "
-                            f"blocks {meta['blocks']} and steps {meta['steps']}")
-        picked[model] = match[0]
+    path, meta, picked, references = records_from_sweep(args.from_sweep, [args.video_model, args.image_model],
+                                                        args.block, args.noise_step)
     with atomic_directory(check_output_dir(args.out)) as tmp:
-        text = write_compare(tmp, picked[args.video_model], picked[args.image_model], sweep["references"],
+        text = write_compare(tmp, picked[args.video_model], picked[args.image_model], references,
                              meta["tasks"], {**meta, "from_sweep": str(path)})
     print(text + f"-> {args.out}/compare.md")
 
@@ -414,18 +378,8 @@ def run_sweep(args):
 # ----- pictures ------------------------------------------------------------------------------
 
 def run_pictures(args):
-    from PIL import Image
-
     from difftrack.data.synthetic import generate_clip
-    from difftrack.probe.features import FeatureSpec, check_spec, extract_features
-    from difftrack.probe.pictures import (
-        cluster_map,
-        picture_rows,
-        screen_consistency,
-        side_by_side,
-        strip,
-        track_consistency,
-    )
+    from difftrack.probe.pictures import write_pictures
 
     check_noising(args.noise, [args.noise_step], args.num_steps)
     if not 2 <= args.clusters <= 20:
@@ -443,35 +397,12 @@ def run_pictures(args):
     backbones = [_load(m, args) for m in args.models]
     for bb in backbones:
         bb.check_layers([_block(bb, args.block)])
+    run_name = f"{name}_step{args.noise_step}" + ("" if args.block is None else f"_block{args.block}")
     with atomic_directory(check_output_dir(args.out)) as tmp:
-        summary, video_rows, strip_rows, labels = {}, [], [], []
-        for bb in backbones:
-            block = _block(bb, args.block)
-            spec = FeatureSpec(blocks=(block,), kinds=(args.kind,), step=args.noise_step, num_steps=args.num_steps,
-                               noise=args.noise, seed=args.seed)
-            check_spec(bb, spec)
-            fmap = extract_features(bb, video, spec, progress=True)[(args.kind, block)]
-            rows = picture_rows(video, fmap, args.clusters, args.seed)
-            model_tag = re.sub(r"[^A-Za-z0-9._-]+", "_", bb.name).strip("_")
-            if not strip_rows:
-                strip_rows.append(rows["video"])
-                video_rows.append(rows["video"])
-                labels.append("video")
-            strip_rows += [rows["pca"], rows["kmeans"]]
-            video_rows += [rows["pca"], rows["kmeans"]]
-            labels += [f"{model_tag} PCA", f"{model_tag} K-means"]
-            Image.fromarray(strip([rows["video"], rows["pca"], rows["kmeans"]], ["video", *labels[-2:]])).save(
-                tmp / f"{name}_{model_tag}_block{block}_step{args.noise_step}.png")
-            ids = cluster_map(fmap, args.clusters, args.seed)
-            entry = {"block": block, "step": args.noise_step, "kind": args.kind,
-                     "screen_consistency": screen_consistency(ids)}
-            if clip is not None:
-                entry["track_consistency"] = track_consistency(ids, clip)
-            summary[bb.name] = entry
-        run_name = f"{name}_step{args.noise_step}" + ("" if args.block is None else f"_block{args.block}")
-        Image.fromarray(strip(strip_rows, labels)).save(tmp / f"{run_name}_strip.png")
-        write_video(tmp / f"{run_name}.mp4", side_by_side(video_rows), fps)
-        write_json(tmp / f"{run_name}.json", {"video": args.video or name, "rows": labels, "models": summary})
+        summary = write_pictures(tmp, name, run_name, backbones, [_block(bb, args.block) for bb in backbones], video, fps,
+                                 clip, kind=args.kind, step=args.noise_step, num_steps=args.num_steps,
+                                 noise=args.noise, seed=args.seed, clusters=args.clusters,
+                                 source=args.video or name)
     for model, entry in summary.items():
         extra = f", cluster kept along true tracks {entry['track_consistency']:.3f}" if "track_consistency" in entry else ""
         print(f"{model}: cluster kept at the same screen position {entry['screen_consistency']:.3f}{extra}")

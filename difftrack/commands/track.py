@@ -33,16 +33,8 @@ from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, check_points, load_points, read_video, write_video
 from difftrack.noising import NOISE_MODES
-from difftrack.options import (
-    add_device_arguments,
-    backbone_options,
-    check_output_file,
-    integer,
-    number,
-    output_prefix,
-    positive,
-    seed,
-)
+from difftrack.options import add_device_arguments, backbone_options, check_output_file, integer, number
+from difftrack.options import output_prefix, positive, seed
 from difftrack.tracker import TEMPORAL_MODES
 
 
@@ -100,9 +92,7 @@ def resolve_layers(values, recommendation, backbone):
     if values is None:
         return None, None, None
     if values == ["auto"]:
-        from difftrack.tracker import load_recommendation
-
-        return load_recommendation(recommendation, backbone)
+        return backbone.recommendation(recommendation)
     try:
         return [int(v) for v in values], None, None
     except ValueError:

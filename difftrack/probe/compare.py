@@ -6,11 +6,13 @@ training helps most and least), ``compare.csv`` and ``compare.json`` (every reco
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
-from difftrack.io import atomic_path, write_json
-from difftrack.probe.sweeps import _fmt, records_csv, task_columns
+from difftrack.errors import UserError
+from difftrack.io import atomic_path, format_number, write_json
+from difftrack.probe.sweeps import records_csv, task_columns
 
 
 def difference_record(video: dict, image: dict, columns) -> dict:
@@ -34,7 +36,7 @@ def compare_markdown(video: dict, image: dict, references: list[dict], tasks, se
              "| model | " + " | ".join(title for _, title in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for r in rows:
-        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(key, math.nan)) for key, _ in columns) + " |")
+        lines.append(f"| {r['model']} | " + " | ".join(format_number(r.get(key, math.nan)) for key, _ in columns) + " |")
     gains = [(diff[key], title) for key, title in columns if not math.isnan(diff[key])]
     if gains:
         gains.sort()
@@ -53,3 +55,27 @@ def write_compare(out_dir: Path, video: dict, image: dict, references: list[dict
     write_json(out_dir / "compare.json", {"setting": setting, "video": video, "image": image,
                                           "references": references})
     return text
+
+
+def records_from_sweep(sweep_path, models: list[str], block: int | None, step: int):
+    """(sweep.json path, its meta, {model: record at (block, step)}, its references) from a sweep's output
+    (the directory or its sweep.json); ``block`` None takes the middle swept block."""
+    path = Path(sweep_path)
+    path = path / "sweep.json" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"no sweep results at {path}; run `difftrack probe sweep --out DIR` first")
+    sweep = json.loads(path.read_text())
+    meta, records = sweep["meta"], sweep["records"]
+    picked = {}
+    for model in models:
+        rows = [r for r in records if r["model"] == model]
+        if not rows:
+            raise UserError(f"the sweep in {path} has no records of {model}; it swept {', '.join(meta['models'])}")
+        swept = sorted({r["block"] for r in rows})
+        at = block if block is not None else swept[len(swept) // 2]
+        match = [r for r in rows if r["block"] == at and r["step"] == step]
+        if not match:
+            raise UserError(f"the sweep has no record of {model} at block {at}, step {step}; it swept "
+                            f"blocks {meta['blocks']} and steps {meta['steps']}")
+        picked[model] = match[0]
+    return path, meta, picked, sweep["references"]

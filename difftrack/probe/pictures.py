@@ -13,6 +13,9 @@ chance that a moved point lands in the same cluster.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -130,3 +133,40 @@ def track_consistency(cluster_ids: np.ndarray, clip, points_per_side: int | None
 def screen_consistency(cluster_ids: np.ndarray) -> float:
     """Fraction of (token, frame) pairs whose cluster equals the same screen position's frame-0 cluster."""
     return float((cluster_ids[1:] == cluster_ids[:1]).mean())
+
+
+def write_pictures(out_dir: Path, name: str, run_name: str, backbones: list, blocks: list[int], video: np.ndarray, fps: float,
+                   clip, kind: str, step: int, num_steps: int, noise: str, seed: int, clusters: int,
+                   source: str) -> dict:
+    """For each backbone (at its block): PCA and K-means pictures of its ``kind`` features, one strip per
+    model and one for all, a side-by-side video and a JSON summary in ``out_dir``; returns the summary
+    (consistency of the clusters at the same screen position and, for a generator ``clip``, along its
+    true tracks)."""
+    from PIL import Image
+
+    from difftrack.io import write_json, write_video
+    from difftrack.probe.features import FeatureSpec, check_spec, extract_features
+
+    summary, video_rows, labels = {}, [], []
+    for bb, block in zip(backbones, blocks):
+        spec = FeatureSpec(blocks=(block,), kinds=(kind,), step=step, num_steps=num_steps, noise=noise, seed=seed)
+        check_spec(bb, spec)
+        fmap = extract_features(bb, video, spec, progress=True)[(kind, block)]
+        rows = picture_rows(video, fmap, clusters, seed)
+        model_tag = re.sub(r"[^A-Za-z0-9._-]+", "_", bb.name).strip("_")
+        if not video_rows:
+            video_rows.append(rows["video"])
+            labels.append("video")
+        video_rows += [rows["pca"], rows["kmeans"]]
+        labels += [f"{model_tag} PCA", f"{model_tag} K-means"]
+        Image.fromarray(strip([rows["video"], rows["pca"], rows["kmeans"]], ["video", *labels[-2:]])).save(
+            out_dir / f"{name}_{model_tag}_block{block}_step{step}.png")
+        ids = cluster_map(fmap, clusters, seed)
+        entry = {"block": block, "step": step, "kind": kind, "screen_consistency": screen_consistency(ids)}
+        if clip is not None:
+            entry["track_consistency"] = track_consistency(ids, clip)
+        summary[bb.name] = entry
+    Image.fromarray(strip(video_rows, labels)).save(out_dir / f"{run_name}_strip.png")
+    write_video(out_dir / f"{run_name}.mp4", side_by_side(video_rows), fps)
+    write_json(out_dir / f"{run_name}.json", {"video": source, "rows": labels, "models": summary})
+    return summary

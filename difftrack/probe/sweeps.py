@@ -19,14 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from difftrack.drawing import pyplot, save_figure
-from difftrack.io import atomic_path, write_json
+from difftrack.io import atomic_path, format_number, write_json
 from difftrack.probe.tasks import HEADLINE, TASK_METRICS
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "n/a" if math.isnan(v) else f"{v:.3f}"
-    return str(v)
 
 
 def records_csv(records: list[dict]) -> str:
@@ -35,7 +29,7 @@ def records_csv(records: list[dict]) -> str:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     for r in records:
-        writer.writerow({k: _fmt(r[k]) if k in r else "" for k in keys})
+        writer.writerow({k: format_number(r[k]) if k in r else "" for k in keys})
     return buf.getvalue()
 
 
@@ -67,7 +61,7 @@ def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dic
         lines += [f"## {task}: {metric}", ""]
         for ref in references:
             if metric in ref:
-                lines.append(f"Reference without a model, {ref['model']}: {_fmt(ref[metric])}")
+                lines.append(f"Reference without a model, {ref['model']}: {format_number(ref[metric])}")
         lines.append("")
         for model in models:
             lines += [f"{model} (rows: block; columns: step of a {num_steps}-step schedule, t = timestep)", "",
@@ -75,7 +69,7 @@ def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dic
                       "|---|" + "---|" * len(steps)]
             table = {(r["block"], r["step"]): r for r in records if r["model"] == model}
             for b in blocks:
-                cells = [_fmt(table[(b, s)].get(metric, float("nan"))) if (b, s) in table else "" for s in steps]
+                cells = [format_number(table[(b, s)].get(metric, float("nan"))) if (b, s) in table else "" for s in steps]
                 lines.append(f"| {b} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += ["## Best block and noise level per task", "", "| model | task | metric | block | step | timestep | value |",
@@ -83,7 +77,7 @@ def sweep_markdown(records: list[dict], references: list[dict], tasks, best: dic
     for model, per_task in best.items():
         for task, b in per_task.items():
             lines.append(f"| {model} | {task} | {b['metric']} | {b['block']} | {b['step']} | {b['timestep']:.0f} | "
-                         f"{_fmt(b['value'])} |")
+                         f"{format_number(b['value'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,129 @@
+"""What an analysis runs over: its configuration (hashed into the resume key), the videos (jobs),
+and their sources: a real video file (with tracks from `difftrack track`, or labelled), a TAP-Vid
+video, or a generator clip. Generated videos come from the sampler (:class:`Analyzer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.errors import UserError
+from difftrack.io import read_video
+
+
+@dataclass
+class AnalysisConfig:
+    """Everything that decides the numbers of one video's analysis (hashed into the resume key)."""
+
+    model: str = DEFAULT_BACKBONE
+    layers: list[int] | None = None  # None: every layer
+    steps: list[int] | None = None  # None: every step of the schedule
+    num_steps: int = 50
+    grid: int = 20  # query grid side on frame 0 (snapped to distinct token centres)
+    labeller: str = "lk"
+    guidance_scale: float = 6.0  # generated videos
+    num_frames: int | None = None  # generated videos / real-video frames used; None: the model's window
+    height: int | None = None
+    width: int | None = None
+    frame_stride: int = 1  # real videos: take every n-th frame
+    noise: str = "add"  # real videos
+    seed: int = 0  # real videos: seed of the added noise
+    refine_window: int = 1
+    features: bool = True
+    backend: str = "auto"
+    figure_points: int = 3
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class VideoJob:
+    """One video to analyse. ``kind``: generated | video | tapvid | synthetic."""
+
+    kind: str
+    name: str
+    prompt: str | None = None
+    seed: int | None = None
+    path: str | None = None
+    tracks: str | None = None
+    dataset: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.kind}-{self.name}")[:120]
+
+    def describe(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {})}
+
+
+def load_tracks(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tracks (T, N, 2) and visibility (T, N) from an npz written by `difftrack track`."""
+    if not os.path.isfile(path):
+        raise UserError(f"tracks file {path} does not exist; pass the .npz written by `difftrack track`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            tracks, visible = np.asarray(data["tracks"], np.float32), np.asarray(data["visibility"], bool)
+    except (KeyError, ValueError, OSError) as exc:
+        raise UserError(f"tracks file {path} is not an npz with 'tracks' (T, N, 2) and 'visibility' (T, N) "
+                        f"({str(exc).splitlines()[0][:80]})") from None
+    if tracks.ndim != 3 or tracks.shape[2] != 2 or visible.shape != tracks.shape[:2]:
+        raise UserError(f"tracks file {path} holds tracks {tracks.shape} and visibility {visible.shape}; "
+                        f"expected (T, N, 2) and (T, N)")
+    if tracks.shape[0] != num_frames:
+        raise UserError(f"tracks file {path} has {tracks.shape[0]} frames but the video has {num_frames}; "
+                        f"pass the tracks of this video")
+    return tracks, visible
+
+
+def generation_size(backbone, config: AnalysisConfig) -> tuple[int, int, int]:
+    """(frames, height, width) of generated videos: the model's trained sample size unless overridden."""
+    frames, height, width = backbone.generation_size(config.num_frames, config.height, config.width)
+    backbone.check_frame_count(frames)
+    return frames, height, width
+
+
+def default_real_frames(backbone) -> int:
+    """RGB frames of the model's trained window."""
+    return (backbone.max_frames - 1) * backbone.temporal_compression + 1
+
+
+def load_video(job: VideoJob, backbone, config: AnalysisConfig):
+    """Frames (T, H, W, 3), and tracks (T, N, 2) / visibility (T, N) or None when they must be labelled."""
+    cfg = config
+    clip = None
+    if job.kind == "video":
+        video, _ = read_video(job.path)
+        tracks = visible = None
+        if job.tracks:
+            tracks, visible = load_tracks(job.tracks, len(video))
+    elif job.kind == "tapvid":
+        from difftrack.data.tapvid import TapVidReader, to_protocol
+
+        sample_ = TapVidReader(job.dataset, job.path).load(job.name)
+        video, points = to_protocol(sample_)
+        tracks, visible = points.transpose(1, 0, 2), ~sample_.occluded.T
+    elif job.kind == "synthetic":
+        from difftrack.data.synthetic import generate_clip
+
+        frames, height, width = generation_size(backbone, cfg)
+        clip = generate_clip(job.seed, num_frames=frames, height=height, width=width)
+        video, tracks, visible = clip.video, None, None
+    else:
+        raise ValueError(job.kind)
+    window = cfg.num_frames or default_real_frames(backbone)
+    take = np.arange(0, len(video), cfg.frame_stride)[:window]
+    if clip is not None and len(take) != len(video):
+        raise UserError("generator clips are rendered at the model's length; drop --frames/--frame-stride")
+    video = video[take]
+    if tracks is not None:
+        tracks, visible = tracks[take], visible[take]
+    return video, tracks, visible, clip
