@@ -35,17 +35,21 @@ def _interpreted() -> bool:
 
 
 @triton.jit
+def _query_rows(block, points, dim, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's block of query rows and the descriptor columns, with their in-range masks."""
+    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_D)
+    return rows, cols, rows < points, cols < dim
+
+
+@triton.jit
 def _segment_stats_kernel(q_ptr, k_ptr, max_ptr, sum_ptr, points, segment_len, segments, dim, scale,
                           UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
                           BLOCK_D: tl.constexpr):
     """q (H, points, dim), k (H, segments * segment_len, dim) -> max, sum (H, points, segments)."""
-    block = tl.program_id(0)
     segment = tl.program_id(1)
     head = tl.program_id(2)
-    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    row_ok = rows < points
-    col_ok = cols < dim
+    rows, cols, row_ok, col_ok = _query_rows(tl.program_id(0), points, dim, BLOCK_N, BLOCK_D)
     q = tl.load(q_ptr + (head * points + rows[:, None]) * dim + cols[None, :],
                 mask=row_ok[:, None] & col_ok[None, :], other=0.0)
     running_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
@@ -82,12 +86,8 @@ def _peak_kernel(q_ptr, k_ptr, frame_max_ptr, cost_coef_ptr, joint_coef_ptr,
     coef[h, t] * exp(scale * q_t . k_source(n) - max[h, t]) with reverse_q (H, frames * tokens, dim),
     source_key (H, points, dim) the source-frame key of each query point, reverse max/coef (H, frames * tokens).
     """
-    block = tl.program_id(0)
     frame = tl.program_id(1)
-    rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, BLOCK_D)
-    row_ok = rows < points
-    col_ok = cols < dim
+    rows, cols, row_ok, col_ok = _query_rows(tl.program_id(0), points, dim, BLOCK_N, BLOCK_D)
     q_mask = row_ok[:, None] & col_ok[None, :]
     best = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     best_index = tl.zeros((BLOCK_N,), tl.int64)
