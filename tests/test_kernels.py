@@ -51,6 +51,17 @@ def check_against_reference(result, query, key, grid, source_frame, atol=1e-5, *
                                    msg=name)
 
 
+def test_frames_whose_first_token_is_vanishingly_unlikely_still_match_the_reference():
+    """The torch kernel reads each frame's log-sum-exp off its first token; make that token's probability
+    underflow in some frames (a key far against the query) and every field must still match."""
+    query, key, text_key, _ = make_inputs(spread=1.0)
+    tokens = 15
+    for frame in (0, 2):
+        key[:, frame * tokens] = -60.0 * query[:, 0]  # logit of point 0 on token 0: about -60^2 * 8 / sqrt(8)
+    result = match(query, key, (3, 5), 1, backend="torch", text_key=text_key)
+    check_against_reference(result, query, key, (3, 5), 1, text_key=text_key)
+
+
 @pytest.mark.parametrize("with_text", [True, False])
 @pytest.mark.parametrize("with_reverse", [True, False])
 @pytest.mark.parametrize("window", [1, 2])

@@ -1,10 +1,10 @@
 """Fused matching in plain torch, chunked over query points and heads (CPU and GPU).
 
 Per (query chunk, head chunk) one batched matmul over heads gives the logits against every video
-token, and the stock softmax turns them in place into per-frame probabilities. With each frame's
-logit max and exp-sum these also give the joint softmax over text + all frames (per-frame max/sum
-combined in :func:`joint_weights`: joint = per-frame probability x sum x joint weight), so the exp is
-computed once. A second batched matmul, over (point, frame) pairs, sums the heads with the two sets
+token, and the stock softmax turns them in place into per-frame probabilities. Each frame's
+log-sum-exp, read off its first token (logit_0 - log p_0), also gives the joint softmax over text +
+all frames (:func:`joint_weights`: joint = per-frame probability x joint weight), so the exp is
+computed once and the scores are passed over only by the softmax and the head sum. A second batched matmul, over (point, frame) pairs, sums the heads with the two sets
 of coefficients into the head-averaged per-frame and joint probabilities of the chunk. Nothing of
 size queries x tokens x heads exists at any time: working buffers stay within ``memory_budget``
 bytes (plus, with ``reverse``, the (N, F * P) reverse-direction cost, which has no head axis).
@@ -68,6 +68,21 @@ def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_bu
     return out.div_(heads)
 
 
+# Below this a first-token probability has lost too much precision (or underflowed) to give the log-sum-exp.
+_SAFE_FIRST_PROBABILITY = 1e-20
+
+
+def _frame_logsumexp(first_logit, first_probability, scaled_query, key, tokens, dtype):
+    """(h, n, F) log-sum-exp of every frame's logits, logit_0 - log p_0; frames whose first token is
+    vanishingly unlikely are recomputed from their logits."""
+    lse = first_logit - first_probability.log()
+    unsafe = (first_probability < _SAFE_FIRST_PROBABILITY).nonzero()
+    for head, point, frame in unsafe.tolist():
+        logits = key[head, frame * tokens:(frame + 1) * tokens].to(dtype) @ scaled_query[head, point]
+        lse[head, point, frame] = torch.logsumexp(logits, 0)
+    return lse
+
+
 def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1.0, window=1, reverse=None,
                 candidates=0, memory_budget=DEFAULT_MEMORY_BUDGET, head_chunk=None):
     dtype = accumulation_dtype(query, key, text_key)
@@ -119,23 +134,24 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
             exp_logits = exp_buffer[:chunk_heads * count * video].view(chunk_heads, count, video)
             torch.bmm(q[h0:h1], key[h0:h1].to(dtype).transpose(1, 2), out=exp_logits)
             per_frame = exp_logits.view(chunk_heads, count, frames, tokens)
-            frame_max = per_frame.amax(-1)
+            first_logit = per_frame[..., 0].clone()
             # The stock softmax kernel does max, exp and sum row by row in cache, with a faster exp than
-            # exp_(); in place, it reads each row before writing it. Its largest value exp(0) / sum gives
-            # the sum back.
+            # exp_(); in place, it reads each row before writing it.
             torch.ops.aten._softmax.out(per_frame, -1, False, out=per_frame)
-            frame_sum = per_frame.amax(-1).reciprocal_()
+            # Each frame's log-sum-exp from its first token, p_0 = exp(logit_0 - lse), so no further pass over
+            # the scores; the joint softmax needs only that (max = lse, sum = 1 in joint_weights' terms).
+            frame_lse = _frame_logsumexp(first_logit, per_frame[..., 0], q[h0:h1], key[h0:h1], tokens, dtype)
             text_max = text_sum = text_exp = None
             if text_keys is not None:
                 text_exp = torch.bmm(q[h0:h1], text_keys[h0:h1].transpose(1, 2))
                 text_max = text_exp.amax(-1)
                 text_exp.sub_(text_max.unsqueeze(-1)).exp_()
                 text_sum = text_exp.sum(-1)
-            frame_coef, text_coef = joint_weights(frame_max, frame_sum, text_max, text_sum)
-            mass_frames[n0:n1] += (frame_sum * frame_coef).sum(0)
+            frame_coef, text_coef = joint_weights(frame_lse, torch.ones_like(frame_lse), text_max, text_sum)
+            mass_frames[n0:n1] += frame_coef.sum(0)
             coefs = coef_buffer[:count * frames * 2 * chunk_heads].view(count * frames, 2, chunk_heads)
             coefs[:, 0] = forward_weight
-            coefs[:, 1] = (frame_coef * frame_sum).view(chunk_heads, -1).T
+            coefs[:, 1] = frame_coef.view(chunk_heads, -1).T
             # sum over heads of coefficient x per-frame probability, for every (point, frame) at once
             torch.baddbmm(averages, coefs, per_frame.view(chunk_heads, count * frames, tokens).transpose(0, 1),
                           out=averages)
