@@ -350,3 +350,34 @@ def test_vae_slicing_and_tiling_are_on_and_change_nothing_at_small_sizes(backbon
             bb.vae.use_slicing = bb.vae.use_tiling = True
     # one sample at a time against one batch: the same convolutions, batched differently
     torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_hub_id_loads_from_a_cache_laid_out_as_huggingface_cli_download_leaves_it(tmp_path):
+    """models--org--name/{blobs, snapshots/<commit> (symlinks), refs/main}, read with HF_HUB_OFFLINE: every
+    component (the tokenizer too) must load, as from a local directory."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    save_pipeline(tiny_components("cogvideox-rope"), tiny_pipeline_class("cogvideox-rope"), src)
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-cogvideox"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("from difftrack.backbones import create_backbone\n"
+            "bb = create_backbone('tiny-org/tiny-cogvideox')\n"
+            "print(type(bb).__name__, bb.name, bb.num_layers, bb.encode_prompt(['a red disc']).shape[1])\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert run.stdout.split() == ["CogVideoXBackbone", "tiny-org/tiny-cogvideox", "2", "8"]

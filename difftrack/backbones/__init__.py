@@ -57,7 +57,7 @@ def register_backbone(name: str, *, source: str, description: str, weights_prese
 def register_checkpoint(name: str, hub_id: str, loader: Callable[..., Backbone], description: str) -> None:
     """A registry name for a hub checkpoint that ``loader(where, name=..., **kw)`` loads (from the local cache)."""
     register_backbone(name, source=hub_id, description=description, weights_present=hub_weights_present(hub_id))(
-        lambda **kw: loader(hub_id, name=name, **kw))
+        lambda **kw: loader(hub_snapshot(hub_id), name=name, **kw))
 
 
 def register_pipeline_loader(*pipeline_class_names: str):
@@ -100,7 +100,7 @@ def create_backbone(name_or_path: str = DEFAULT_BACKBONE, **kwargs) -> Backbone:
         return _loader_for(cls_name, name_or_path)(name_or_path, **kwargs)
     if "/" in name_or_path:
         cls_name = _hub_pipeline_class(name_or_path)
-        return _loader_for(cls_name, name_or_path)(name_or_path, **kwargs)
+        return _loader_for(cls_name, name_or_path)(hub_snapshot(name_or_path), **{"name": name_or_path, **kwargs})
     raise UserError(f"unknown model {name_or_path!r}; known: {', '.join(_REGISTRY)} "
                     f"(or a hub id like THUDM/CogVideoX-2b, or a local pipeline directory)")
 
@@ -123,6 +123,21 @@ def _hub_pipeline_class(repo_id: str) -> str:
                         f"and pass it with --model")
     with open(path) as fh:
         return json.load(fh).get("_class_name", "")
+
+
+def hub_snapshot(repo_id: str) -> str:
+    """The local directory of a hub id's snapshot in the Hugging Face cache (as `huggingface-cli download`
+    leaves it: models--org--name/snapshots/<commit>, refs/main), so every component loads from a plain
+    directory; nothing is fetched."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise UserError(f"weights for {repo_id} are not in the local Hugging Face cache and cannot be fetched here: "
+                        f"run `huggingface-cli download {repo_id}` on a connected machine (or copy the directory) "
+                        f"and pass it with --model") from None
 
 
 def hub_weights_present(repo_id: str) -> Callable[[], bool]:
