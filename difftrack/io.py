@@ -110,6 +110,18 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
     return np.stack(frames), float(fps)
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3)."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise UserError(f"image file {path} does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read {path} as an image; give a PNG or JPEG file")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> None:
     """Encode uint8 RGB frames (T, H, W, 3) as MP4, atomically."""
     import cv2

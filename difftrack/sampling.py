@@ -35,8 +35,11 @@ def initial_noise(backbone: Backbone, batch: int, num_frames: int, height: int, 
 def sample(backbone: Backbone, prompts: str | list[str], num_frames: int, height: int, width: int,
            num_steps: int = 50, seed: int = 0, guidance_scale: float = 6.0, negative_prompt: str = "",
            guidance=None, on_step: Callable[[int, torch.Tensor], None] | None = None, output: str = "tensor",
-           progress: bool = True):
+           progress: bool = True, image: np.ndarray | None = None):
     """Generate videos for ``prompts``.
+
+    ``image``: uint8 RGB (H, W, 3), the first frame of an image-to-video model (required there, refused
+    elsewhere); it is resized to the video's size.
 
     ``guidance``: a :class:`difftrack.guidance.GuidanceConfig`; by default classifier-free guidance with
     ``guidance_scale`` (none when the scale is <= 1). ``output``: "tensor" gives pixels
@@ -52,9 +55,15 @@ def sample(backbone: Backbone, prompts: str | list[str], num_frames: int, height
     prompts = [prompts] if single else list(prompts)
     if guidance is None:
         guidance = GuidanceConfig("cfg", guidance_scale) if guidance_scale > 1 else GuidanceConfig("none")
+    if backbone.takes_image and image is None:
+        raise UserError(f"{backbone.name} generates from a first frame: pass --image FILE")
     latents = initial_noise(backbone, len(prompts), num_frames, height, width, seed)
     cond = backbone.encode_conditioning(prompts)
     uncond = backbone.encode_conditioning([negative_prompt] * len(prompts)) if guidance.uses_uncond else None
+    if image is not None:  # every branch sees the same first frame, as in the stock pipeline
+        extra = backbone.image_conditioning(image, latents)
+        cond = (cond[0], {**cond[1], **extra})
+        uncond = None if uncond is None else (uncond[0], {**uncond[1], **extra})
     scheduler = backbone.schedule(num_steps, device=latents.device)
     with GuidedPredictor(backbone, guidance, cond, uncond) as predictor:
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="sampling", unit="step", leave=False,

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,3 +159,68 @@ def test_sampler_steps_through_the_schedule_tracking_and_analysis_index(kind):
     sample(bb, "a disc moves up", num_frames=9, height=32, width=32, num_steps=4, seed=0,
            on_step=lambda i, t: seen.append(float(t)))
     assert seen == bb.timesteps(4).tolist()  # HunyuanVideo: the stock pipeline's sigmas, in both
+
+
+def test_image_to_video_generates_from_the_given_first_frame_and_refuses_without_it(tmp_path, capsys):
+    import cv2
+
+    from difftrack.testing import save_pipeline, tiny_components, tiny_pipeline_class
+
+    path = tmp_path / "i2v"
+    save_pipeline(tiny_components("cogvideox-i2v"), tiny_pipeline_class("cogvideox-i2v"), path)
+    images = {}
+    for name, colour in (("red", (0, 0, 255)), ("blue", (255, 0, 0))):
+        images[name] = tmp_path / f"{name}.png"
+        cv2.imwrite(str(images[name]), np.full((40, 56, 3), colour, np.uint8))  # another size than the video
+    common = ["--model", path, "--prompt", "a red disc moves left", "--steps", 2, "--frames", 9, "--height", 32, "--width", 32,
+              "--guidance", "none"]
+    videos = {}
+    for name, image in images.items():
+        out = tmp_path / f"{name}.mp4"
+        code, err = _cli(capsys, *common, "--image", image, "--out", out)
+        assert code == 0, err
+        videos[name], _ = read_video(out)
+        assert json.loads(out.with_suffix(".json").read_text())["image"] == str(image)
+    assert videos["red"].shape == (9, 32, 32, 3)
+    assert not np.array_equal(videos["red"], videos["blue"])  # the first frame conditions the video
+    code, err = _cli(capsys, *common, "--out", tmp_path / "none.mp4")
+    assert code == 2 and len(err) == 1 and "pass --image" in err[0] and not (tmp_path / "none.mp4").exists()
+    code, err = _cli(capsys, "--model", path.parent / "missing", "--prompt", PROMPT, "--image", tmp_path / "no.png",
+                     "--out", tmp_path / "x.mp4")
+    assert code == 2 and len(err) == 1
+
+
+def test_text_to_video_refuses_an_image(tmp_path, capsys, model_dir):
+    image = tmp_path / "frame.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.zeros((16, 16, 3), np.uint8))
+    code, err = _cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--image", image, "--steps", 1,
+                     "--out", tmp_path / "v.mp4")
+    assert code == 2 and len(err) == 1 and "not an image-to-video model" in err[0]
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_learned_positions_fix_the_size_instead_of_a_silent_swap():
+    """CogVideoX-5B-I2V's positions are learned for its trained size: tracking resizes to it, generation
+    refuses other sizes, and latents of another frame count fail in one line (diffusers would swap in
+    sin-cos positions)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from difftrack.backbones.cogvideox import CogVideoXImageToVideoBackbone
+    from difftrack.errors import UserError
+    from difftrack.testing import tiny_components
+
+    c = tiny_components("cogvideox-i2v")
+    config = {k: v for k, v in c["transformer"].config.items() if not k.startswith("_")}
+    transformer = CogVideoXTransformer3DModel(**{**config, "use_learned_positional_embeddings": True}).eval()
+    bb = CogVideoXImageToVideoBackbone("tiny-i2v-learned", transformer, c["scheduler"], c["vae"],
+                                       c["text_encoder"], c["tokenizer"])
+    assert bb.working_size(123, 77) == (64, 64) and bb.generation_size() == (9, 64, 64)
+    with pytest.raises(UserError, match="learned positions for 9 frames at 64x64"):
+        bb.generation_size(9, 32, 32)
+    embeds, extra = bb.encode_conditioning([PROMPT])
+    with torch.no_grad():
+        assert bb.predict(torch.zeros(1, 3, 4, 8, 8), torch.tensor(500.0), embeds, **extra).shape == (1, 3, 4, 8, 8)
+        with pytest.raises(UserError, match="learned positions for 3 latent frames of 8x8 only, got 2"):
+            bb.predict(torch.zeros(1, 2, 4, 8, 8), torch.tensor(500.0), embeds, **extra)

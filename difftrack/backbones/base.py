@@ -242,6 +242,13 @@ class Backbone:
             out.append(int(value))
         return tuple(out)
 
+    # An image-to-video model needs the first frame as an image (`generate --image`).
+    takes_image: ClassVar[bool] = False
+
+    def image_conditioning(self, image: np.ndarray, latents: torch.Tensor) -> dict:
+        """Extra ``predict`` arguments conditioning on ``image`` (uint8 (H, W, 3)) for ``latents``."""
+        raise UserError(f"{self.name} is not an image-to-video model; drop --image")
+
     def check_frame_count(self, num_frames: int, frame_as_latent: bool = False) -> None:
         c = 1 if frame_as_latent else self.temporal_compression
         if c > 1 and (num_frames - 1) % c:

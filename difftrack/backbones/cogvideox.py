@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import torch
 
 from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
@@ -34,6 +35,38 @@ class CogVideoXBackbone(Backbone):
     @property
     def text_tokens(self) -> int:
         return self.transformer.config.max_text_seq_length
+
+    # ----- learned positions (CogVideoX-5B-I2V) -------------------------------------------------
+    @property
+    def learned_positions(self) -> bool:
+        """Whether the transformer adds learned position embeddings, which exist for its trained size only."""
+        return bool(self.transformer.config.get("use_learned_positional_embeddings"))
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.learned_positions:  # any video is resized to the one size the positions were learned for
+            cfg = self.transformer.config
+            return cfg.sample_height * self.spatial_compression, cfg.sample_width * self.spatial_compression
+        return super().working_size(height, width)
+
+    def generation_size(self, frames=None, height=None, width=None):
+        size = super().generation_size(frames, height, width)
+        if self.learned_positions and size != super().generation_size():
+            trained = super().generation_size()
+            raise UserError(f"{self.name} has learned positions for {trained[0]} frames at {trained[1]}x{trained[2]} "
+                            f"only; drop --frames/--height/--width (asked for {size[0]} at {size[1]}x{size[2]})")
+        return size
+
+    def check_positions(self, latents) -> None:
+        """Refuse latents of another size than the learned positions': diffusers would fail on another
+        resolution and silently swap in sin-cos positions for another frame count."""
+        cfg = self.transformer.config
+        frames = (cfg.sample_frames - 1) // self.temporal_compression + 1
+        if self.learned_positions and tuple(latents.shape[1:2] + latents.shape[3:]) != (
+                frames, cfg.sample_height, cfg.sample_width):
+            raise UserError(f"{self.name} has learned positions for {frames} latent frames of "
+                            f"{cfg.sample_height}x{cfg.sample_width} only, got {latents.shape[1]} of "
+                            f"{latents.shape[3]}x{latents.shape[4]}: give videos of at least {frames} frames "
+                            f"(tracking windows of {frames}) and keep the trained size")
 
     # ----- video <-> latents -------------------------------------------------------------------
     def decode_latents(self, latents):
@@ -76,6 +109,7 @@ class CogVideoXBackbone(Backbone):
         return latents, {}
 
     def predict(self, latents, timestep, prompt_embeds, **extra):
+        self.check_positions(latents)
         hidden, kwargs = self.transformer_inputs(latents, **extra)
         timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(latents.shape[0])
         return self.transformer(hidden_states=hidden, encoder_hidden_states=prompt_embeds, timestep=timestep,
@@ -134,6 +168,7 @@ class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
     """Image-to-video: the first frame's latents, zero-padded in time, are concatenated on channels."""
 
     family = "cogvideox-i2v"
+    takes_image = True
 
     @property
     def latent_channels(self) -> int:
@@ -142,6 +177,17 @@ class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
     def image_latents(self, latents, first_frame_latents):
         pad = torch.zeros_like(latents[:, 1:])
         return torch.cat([first_frame_latents, pad], dim=1)
+
+    def image_conditioning(self, image, latents):
+        """The stock pipeline's conditioning: the image, resized to the video's size, encoded as a one-frame
+        video, zero-padded in time."""
+        import cv2
+
+        height, width = latents.shape[3] * self.spatial_compression, latents.shape[4] * self.spatial_compression
+        frame = cv2.resize(np.asarray(image), (width, height), interpolation=cv2.INTER_AREA)[None]
+        first = self.encode_video(torch.from_numpy(frame).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
+                                  .to(self.device))
+        return {"image_latents": self.image_latents(latents, first.expand(latents.shape[0], -1, -1, -1, -1))}
 
     def transformer_inputs(self, latents, image_latents=None, **extra):
         if image_latents is None:

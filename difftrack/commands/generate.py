@@ -10,6 +10,7 @@ examples:
   difftrack generate --prompt "a checkered square moves up" --guidance cag --cag-layers auto --recommendation runs/analysis
   difftrack generate --prompts-file prompts.txt --seed 0 1 2 --guidance cag --out videos/
   difftrack generate --model THUDM/CogVideoX-2b --prompt "a cat" --guidance cag --cag-layers 13 17 21 --steps 50
+  difftrack generate --model THUDM/CogVideoX-5b-I2V --image first.png --prompt "the cat walks left"
 
 prompts file: one prompt per line; blank lines and lines starting with # are skipped.
 """
@@ -25,7 +26,7 @@ import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
 from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support
-from difftrack.io import atomic_path, read_prompts, write_video
+from difftrack.io import atomic_path, read_image, read_prompts, write_video
 from difftrack.options import add_device_arguments, backbone_options, check_output_dir, check_output_file, integer
 from difftrack.options import number, positive, seed
 
@@ -36,6 +37,8 @@ def add_arguments(p):
     src.add_argument("--prompts-file", metavar="FILE", help="text file with one prompt per line (writes one video per "
                                                             "prompt and seed into the --out directory)")
     p.add_argument("--negative-prompt", default="", help="prompt of the unconditional branch (default: empty)")
+    p.add_argument("--image", metavar="FILE",
+                   help="first frame of an image-to-video model (PNG/JPEG; resized to the video's size)")
     p.add_argument("--model", default=DEFAULT_BACKBONE,
                    help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE})")
     add_device_arguments(p)
@@ -113,6 +116,7 @@ def run(args):
     else:
         prompts = [args.prompt]
     jobs = plan_outputs(args, prompts)
+    image = read_image(args.image) if args.image else None
 
     backbone = difftrack.create_backbone(args.model, **backbone_options(args))
     if args.guidance == "cag":
@@ -123,12 +127,14 @@ def run(args):
                               tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)
     settings = {"guidance": args.guidance, "cfg_scale": cfg_scale, "cag_scale": cag_scale, "cag_layers": layers,
                 "cag_steps": args.cag_steps, "steps": args.steps, "negative_prompt": args.negative_prompt,
+                "image": args.image,
                 "model": backbone.name, "difftrack_version": difftrack.__version__}
     frames, height, width = backbone.generation_size(args.frames, args.height, args.width)
     for prompt, seed, out in jobs:
         start = time.perf_counter()
         video = sample(backbone, prompt, num_frames=frames, height=height, width=width, num_steps=args.steps,
-                       seed=seed, negative_prompt=args.negative_prompt, guidance=guidance, output="uint8")
+                       seed=seed, negative_prompt=args.negative_prompt, guidance=guidance, output="uint8",
+                       image=image)
         seconds = time.perf_counter() - start
         meta = {"prompt": prompt, "seed": seed, **settings, "frames": int(video.shape[0]),
                 "height": int(video.shape[1]), "width": int(video.shape[2]), "seconds": round(seconds, 3)}
