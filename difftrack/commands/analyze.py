@@ -131,6 +131,9 @@ def run(args):
     jobs = build_jobs(args, analyzer, prompts)
     # Errors that would otherwise surface mid-run, before anything is written:
     if args.prompts:
+        if backbone.takes_image:
+            raise UserError(f"{backbone.name} generates from a first frame, which `analyze --prompts` does not "
+                            f"take; analyse real videos (--video, --tapvid or --synthetic-seeds) instead")
         backbone.check_prompt_words(prompts)
         analyzer.generation_size()
     if args.prompts or (args.video and not args.tracks):
