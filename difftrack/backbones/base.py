@@ -39,6 +39,8 @@ class Backbone:
     # The names of the VAE config's (spatial, temporal) compression; None: spatial from its levels, temporal 1.
     vae_compression_keys: ClassVar[tuple[str, str] | None] = None
     trained_latent_frames: ClassVar[int] = 13  # latent frames of the stock pipeline's default video
+    # (frames, height, width) the stock pipeline generates by default, for configs that record no sample size.
+    pipeline_default_size: ClassVar[tuple[int, int, int] | None] = None
 
     def __init__(self, name: str, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source: str = ""):
         self.name = name
@@ -231,12 +233,15 @@ class Backbone:
         sc = 1 if self.vae is None else self.spatial_compression
         trained = {"frames": cfg.get("sample_frames"), "height": cfg.get("sample_height"),
                    "width": cfg.get("sample_width")}
+        trained = {k: None if v is None else int(v) * (1 if k == "frames" else sc) for k, v in trained.items()}
+        if self.pipeline_default_size and None in trained.values():
+            trained = dict(zip(("frames", "height", "width"), self.pipeline_default_size))
         out = []
         for name, value in {"frames": frames, "height": height, "width": width}.items():
             if value is None:
                 if trained[name] is None:
                     raise UserError(f"{self.name} does not record its trained {name}; pass --{name}")
-                value = int(trained[name]) * (1 if name == "frames" else sc)
+                value = trained[name]
             if value < 1:
                 raise UserError(f"--{name} must be positive, got {value}")
             out.append(int(value))

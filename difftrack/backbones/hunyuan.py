@@ -22,6 +22,7 @@ HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     family = "hunyuanvideo"
     vae_compression_keys = ("spatial_compression_ratio", "temporal_compression_ratio")
+    pipeline_default_size = (129, 720, 1280)  # HunyuanVideoPipeline's defaults
     trained_latent_frames = 33  # the stock pipeline's 129 RGB frames
     text_position = "last"
     # method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.

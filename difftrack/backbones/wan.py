@@ -33,6 +33,7 @@ def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
 class WanBackbone(FlowMatchingMixin, Backbone):
     family = "wan"
     vae_compression_keys = ("scale_factor_spatial", "scale_factor_temporal")
+    pipeline_default_size = (81, 480, 832)  # WanPipeline's defaults
     trained_latent_frames = 21  # the stock pipeline's 81 RGB frames
     text_position = "separate"
     cag_refusal = ("Wan keeps text in separate cross-attention, so CAG (video attends only to text and its own frame "
