@@ -18,7 +18,8 @@ from difftrack.errors import UserError
 
 
 def initial_noise(backbone: Backbone, batch: int, num_frames: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """The starting latents: N(0, 1) of the latent shape for (num_frames, height, width), from ``seed``."""
+    """The starting latents: N(0, 1) of the latent shape for (num_frames, height, width), with the stock
+    pipeline's padding to whole temporal patches, from ``seed``."""
     backbone.check_frame_count(num_frames)
     sc = 1 if backbone.vae is None else backbone.spatial_compression
     multiple = sc * backbone.patch_size
@@ -26,6 +27,7 @@ def initial_noise(backbone: Backbone, batch: int, num_frames: int, height: int, 
         raise UserError(f"{backbone.name} needs a height and width that are positive multiples of {multiple} "
                         f"pixels; got {height}x{width}")
     frames = (num_frames - 1) // backbone.temporal_compression + 1
+    frames += backbone.latent_frame_padding(frames)
     shape = (batch, frames, backbone.latent_channels, height // sc, width // sc)
     generator = torch.Generator().manual_seed(int(seed))
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(backbone.device, backbone.dtype)
@@ -74,7 +76,8 @@ def sample(backbone: Backbone, prompts: str | list[str], num_frames: int, height
                 else latents
             pred = predictor(model_input, t, i)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0].to(backbone.dtype)
-    video = backbone.decode_latents(latents).float()
+    padding = backbone.latent_frame_padding((num_frames - 1) // backbone.temporal_compression + 1)
+    video = backbone.decode_latents(latents[:, padding:]).float()
     if output == "tensor":
         return video
     frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()

@@ -224,3 +224,26 @@ def test_learned_positions_fix_the_size_instead_of_a_silent_swap():
         assert bb.predict(torch.zeros(1, 3, 4, 8, 8), torch.tensor(500.0), embeds, **extra).shape == (1, 3, 4, 8, 8)
         with pytest.raises(UserError, match="learned positions for 3 latent frames of 8x8 only, got 2"):
             bb.predict(torch.zeros(1, 2, 4, 8, 8), torch.tensor(500.0), embeds, **extra)
+
+
+def test_cogvideox_1_5_temporal_patches_generate_and_refuse_tracking_in_one_line():
+    """patch_size_t=2 (CogVideoX 1.5): the sampler pads the latent frames to whole temporal patches and drops
+    the padding before decoding, as the stock pipeline does; tracking refuses in one line instead of an
+    IndexError."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from difftrack.backbones.cogvideox import CogVideoXBackbone
+    from difftrack.errors import UserError
+    from difftrack.testing import tiny_components
+    from difftrack.tracker import DiffTracker
+
+    c = tiny_components("cogvideox-rope")
+    config = {k: v for k, v in c["transformer"].config.items() if not k.startswith("_")}
+    transformer = CogVideoXTransformer3DModel(**{**config, "patch_size_t": 2}).eval()
+    bb = CogVideoXBackbone("tiny-1.5", transformer, c["scheduler"], c["vae"], c["text_encoder"], c["tokenizer"])
+    assert [bb.latent_frame_padding(f) for f in (3, 4, 5)] == [1, 0, 1]
+    video = sample(bb, "a red disc", num_frames=9, height=32, width=32, num_steps=2, output="uint8", progress=False)
+    assert video.shape == (9, 32, 32, 3)
+    tracker = DiffTracker(bb, num_steps=2, steps=[1])
+    with pytest.raises(UserError, match="patch_size_t=2"):
+        tracker(video, np.array([[0, 10.0, 10.0]], np.float32))

@@ -115,6 +115,16 @@ class Backbone:
         return self.transformer.config.patch_size
 
     @property
+    def temporal_patch(self) -> int:
+        """Latent frames per token (1 but for CogVideoX 1.5's temporal patches)."""
+        return 1
+
+    def latent_frame_padding(self, latent_frames: int) -> int:
+        """Latent frames the stock pipeline adds in front of ``latent_frames`` (and drops before decoding) so
+        that they split into whole temporal patches."""
+        return -latent_frames % self.temporal_patch
+
+    @property
     def max_frames(self) -> int:
         """Latent frames one forward takes in the model's trained setting (the tracking window)."""
         return self.trained_latent_frames
@@ -213,6 +223,10 @@ class Backbone:
                  frame_as_latent: bool = False, rgb_frames: int | None = None) -> TokenGeometry:
         """Geometry of one forward on ``latents`` (B, F, C, h, w); ``frame_size`` is the input (H, W) in pixels."""
         _, frames, _, h, w = latents.shape
+        if self.temporal_patch > 1:
+            raise UserError(f"{self.name} puts {self.temporal_patch} latent frames into one token "
+                            f"(patch_size_t={self.temporal_patch}): tracking, analysis and CAG need one token frame "
+                            f"per latent frame, which difftrack does not map yet; `generate` without CAG works")
         p = self.patch_size
         if h % p or w % p:
             raise UserError(f"latent size {h}x{w} is not divisible by the patch size {p}; resize the video so that "

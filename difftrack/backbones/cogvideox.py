@@ -36,6 +36,10 @@ class CogVideoXBackbone(Backbone):
     def text_tokens(self) -> int:
         return self.transformer.config.max_text_seq_length
 
+    @property
+    def temporal_patch(self) -> int:
+        return self.transformer.config.patch_size_t or 1  # CogVideoX 1.5: 2
+
     # ----- learned positions (CogVideoX-5B-I2V) -------------------------------------------------
     @property
     def learned_positions(self) -> bool:
