@@ -49,7 +49,10 @@ def prepare_latents(backbone, latents: torch.Tensor, mode: str, step: int, num_s
     if mode == "clean":
         return latents, t
     if conditioning is None:
-        conditioning = backbone.encode_conditioning([""] * latents.shape[0])
+        embeds, extras = backbone.empty_conditioning()
+        batch = latents.shape[0]
+        conditioning = (embeds.expand(batch, *embeds.shape[1:]),
+                        {k: v.expand(batch, *v.shape[1:]) if torch.is_tensor(v) else v for k, v in extras.items()})
     return invert(backbone, latents, timesteps, step, conditioning), t
 
 

@@ -201,7 +201,7 @@ class DiffTracker:
         num_frames, height, width = video.shape[:3]
         latents = bb.encode_frames(video, frame_as_latent=True)
         if self._conditioning is None:
-            self._conditioning = bb.encode_conditioning([""])
+            self._conditioning = bb.empty_conditioning()
         geometry = bb.geometry(latents, self._conditioning[0].shape[1], frame_size=(height, width),
                                frame_as_latent=True, rgb_frames=num_frames)
         return latents, geometry

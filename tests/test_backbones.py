@@ -380,3 +380,37 @@ def test_hub_id_loads_from_a_cache_laid_out_as_huggingface_cli_download_leaves_i
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-1500:]
     assert run.stdout.split() == ["CogVideoXBackbone", "tiny-org/tiny-cogvideox", "2", "8"]
+
+
+@pytest.mark.parametrize("kind", ["cogvideox-rope", "hunyuanvideo", "wan"])
+def test_empty_prompt_is_cached_so_a_second_run_never_loads_the_text_encoder(tmp_path, monkeypatch, kind):
+    from difftrack.backbones import prompt_cache
+
+    monkeypatch.setenv("DIFFTRACK_CACHE", str(tmp_path / "cache"))
+    save_pipeline(tiny_components(kind), tiny_pipeline_class(kind), tmp_path / kind)
+    first = create_backbone(str(tmp_path / kind))
+    assert not type(first).text_encoder.loaded(first)  # loading a model leaves the text encoders on disk
+    embeds, extras = first.empty_conditioning()
+    assert type(first).text_encoder.loaded(first)
+    expected = first.encode_conditioning([""])
+    torch.testing.assert_close(embeds, expected[0], rtol=0, atol=0)
+    assert len(list((tmp_path / "cache" / "prompt_embeddings").iterdir())) == 1
+
+    second = create_backbone(str(tmp_path / kind))
+    cached, cached_extras = second.empty_conditioning()
+    assert not type(second).text_encoder.loaded(second)
+    torch.testing.assert_close(cached, embeds, rtol=0, atol=0)
+    assert sorted(cached_extras) == sorted(extras)
+    for name in extras:
+        torch.testing.assert_close(cached_extras[name], extras[name], rtol=0, atol=0)
+
+    key = prompt_cache.cache_key(second)
+    config = tmp_path / kind / "text_encoder" / "config.json"
+    config.write_text(config.read_text().replace("{", '{"_note": "retrained",', 1))
+    assert prompt_cache.cache_key(create_backbone(str(tmp_path / kind))) != key  # another text encoder
+
+
+def test_backbones_built_in_memory_are_not_cached(tmp_path, monkeypatch, backbones):
+    monkeypatch.setenv("DIFFTRACK_CACHE", str(tmp_path / "cache"))
+    backbones["cogvideox-rope"].empty_conditioning()
+    assert not (tmp_path / "cache").exists()

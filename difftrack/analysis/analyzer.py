@@ -95,7 +95,7 @@ class Analyzer:
         num_frames, height, width = video.shape[:3]
         bb.check_frame_count(num_frames)
         latents = bb.encode_frames(video)
-        conditioning = bb.encode_conditioning([""])
+        conditioning = bb.empty_conditioning()
         geometry = bb.geometry(latents, conditioning[0].shape[1], frame_size=(height, width), rgb_frames=num_frames)
         return latents, conditioning, geometry
 

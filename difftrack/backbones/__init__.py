@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from difftrack.backbones.base import Backbone, ProcessorCall
+from difftrack.backbones.base import Backbone, Deferred, ProcessorCall
 from difftrack.errors import UserError
 
 
@@ -165,12 +165,17 @@ def load_component(cls, where: str, subfolder: str | None = None, **kwargs):
                         f"`huggingface-cli download {where}` on a connected machine") from None
 
 
+def deferred_component(cls, where: str, subfolder: str, device, **kwargs) -> Deferred:
+    """A component that :func:`load_component` loads (for inference, on ``device``) only when first used."""
+    return Deferred(lambda: load_component(cls, where, subfolder, **kwargs).to(device).eval().requires_grad_(False))
+
+
 def _import_families() -> None:
     # Importing a family module registers its entries; kept lazy so `import difftrack` stays light.
     from difftrack.backbones import cogvideox, embedded, hunyuan, wan  # noqa: F401
 
 
-__all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "TinyConfig", "register_backbone", "register_checkpoint", "register_pipeline_loader",
+__all__ = ["Backbone", "Deferred", "ProcessorCall", "deferred_component", "BackboneEntry", "TinyConfig", "register_backbone", "register_checkpoint", "register_pipeline_loader",
            "register_tiny_config", "tiny_configs",
            "create_backbone", "list_backbones", "load_component", "hub_weights_present", "DEFAULT_BACKBONE",
            "DEFAULT_IMAGE_TWIN"]

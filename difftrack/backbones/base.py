@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -31,8 +31,39 @@ class ProcessorCall:
     hooked: dict[str, torch.Tensor]
 
 
+class Deferred:
+    """A component not loaded yet: ``loader()`` builds it on first use (text encoders, which tracking and
+    analysis of real videos never need once the empty prompt's embedding is cached)."""
+
+    def __init__(self, loader: Callable[[], Any]):
+        self.loader = loader
+
+
+class Component:
+    """An adapter attribute that may hold a :class:`Deferred`; reading it loads the component once."""
+
+    def __set_name__(self, owner, name):
+        self.slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        value = obj.__dict__.get(self.slot)
+        if isinstance(value, Deferred):
+            value = obj.__dict__[self.slot] = value.loader()
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+    def loaded(self, obj) -> bool:
+        return not isinstance(obj.__dict__.get(self.slot), Deferred)
+
+
 class Backbone:
     """Base class of backbone adapters. Subclasses set the class attributes and implement the hooks."""
+
+    text_encoder = Component()
 
     family: ClassVar[str] = ""
     text_position: ClassVar[str] = "first"
@@ -347,6 +378,13 @@ class Backbone:
         """Text embeddings plus any further keyword arguments :meth:`predict` needs for these prompts
         (HunyuanVideo: the CLIP pooled projection and the text mask); ``predict(latents, t, embeds, **extras)``."""
         return self.encode_prompt(prompts), {}
+
+    def empty_conditioning(self) -> tuple[torch.Tensor, dict]:
+        """``encode_conditioning([""])``, cached on disk per model and text-encoder revision
+        (:mod:`difftrack.backbones.prompt_cache`), so that later runs never load the text encoder."""
+        from difftrack.backbones import prompt_cache
+
+        return prompt_cache.empty_conditioning(self)
 
     # ----- one denoising forward ---------------------------------------------------------------
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor, **extra) -> torch.Tensor:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
-from difftrack.backbones import register_tiny_config
+from difftrack.backbones import deferred_component, register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
+from difftrack.backbones.base import Component
 from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "hunyuanvideo-community/HunyuanVideo"
@@ -21,6 +22,7 @@ HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 
 class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     family = "hunyuanvideo"
+    text_encoder_2 = Component()
     vae_compression_keys = ("spatial_compression_ratio", "temporal_compression_ratio")
     pipeline_default_size = (129, 720, 1280)  # HunyuanVideoPipeline's defaults
     trained_latent_frames = 33  # the stock pipeline's 129 RGB frames
@@ -180,12 +182,12 @@ def load_hunyuan_video(where, dtype=torch.float32, device="cpu", name=None, **kw
 
     transformer = load_component(HunyuanVideoTransformer3DModel, where, "transformer", torch_dtype=dtype)
     vae = load_component(AutoencoderKLHunyuanVideo, where, "vae", torch_dtype=dtype)
-    text_encoder = load_component(LlamaModel, where, "text_encoder", torch_dtype=dtype)
+    text_encoder = deferred_component(LlamaModel, where, "text_encoder", device, torch_dtype=dtype)
     tokenizer = load_component(AutoTokenizer, where, "tokenizer")
-    text_encoder_2 = load_component(CLIPTextModel, where, "text_encoder_2", torch_dtype=dtype)
+    text_encoder_2 = deferred_component(CLIPTextModel, where, "text_encoder_2", device, torch_dtype=dtype)
     tokenizer_2 = load_component(AutoTokenizer, where, "tokenizer_2")
     scheduler = load_component(FlowMatchEulerDiscreteScheduler, where, "scheduler")
-    for m in (transformer, vae, text_encoder, text_encoder_2):
+    for m in (transformer, vae):
         m.to(device).eval().requires_grad_(False)
     return HunyuanVideoBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where,
                                 text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
-from difftrack.backbones import register_tiny_config
+from difftrack.backbones import deferred_component, register_tiny_config
 from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -122,10 +122,10 @@ def load_wan(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
     transformer = load_component(WanTransformer3DModel, where, "transformer", torch_dtype=dtype)
     # The stock pipeline runs the Wan VAE in float32 whatever the transformer's dtype.
     vae = load_component(AutoencoderKLWan, where, "vae", torch_dtype=torch.float32)
-    text_encoder = load_component(UMT5EncoderModel, where, "text_encoder", torch_dtype=dtype)
+    text_encoder = deferred_component(UMT5EncoderModel, where, "text_encoder", device, torch_dtype=dtype)
     tokenizer = load_component(AutoTokenizer, where, "tokenizer")
     scheduler = load_component(UniPCMultistepScheduler, where, "scheduler")
-    for m in (transformer, vae, text_encoder):
+    for m in (transformer, vae):
         m.to(device).eval().requires_grad_(False)
     return WanBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where, **kwargs)
 

@@ -158,7 +158,7 @@ def extract_features(backbone: Backbone, video: np.ndarray, spec: FeatureSpec, p
 
     latents = backbone.encode_frames(video, frame_as_latent=True)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(spec.seed)).to(latents)
-    prompt, extras = backbone.encode_conditioning([""])
+    prompt, extras = backbone.empty_conditioning()
     geometry = backbone.geometry(latents[:, :1], prompt.shape[1], frame_size=(height, width), frame_as_latent=True)
     grid = (geometry.grid_h, geometry.grid_w)
     blocks = sorted(set(spec.blocks))
