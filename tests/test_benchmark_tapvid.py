@@ -285,3 +285,4 @@ def test_fixture_maker_is_deterministic(tmp_path):
     assert list(a) == ["synthetic_000007"]
     for key in ("video", "points", "occluded"):
         assert np.array_equal(a["synthetic_000007"][key], b["synthetic_000007"][key])
+
