@@ -39,3 +39,27 @@ def test_models_bad_option_exits_2_with_error_line(capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unrecognized arguments: --no-such-option")
+
+
+def test_models_shows_the_methods_defaults_from_a_cached_config(tmp_path):
+    """A hub checkpoint whose config is in the local cache shows the method's defaults for its architecture
+    (CogVideoX-2B: 30 layers x 30 heads -> block 17 at step 49 of 50, CAG 13 17 21), without its weights."""
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hub" / "models--THUDM--CogVideoX-2b"
+    commit = "0" * 40
+    config = repo / "snapshots" / commit / "transformer" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"_class_name": "CogVideoXTransformer3DModel", "num_layers": 30,
+                                  "num_attention_heads": 30, "attention_head_dim": 64}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "difftrack.cli", "models", "--json"], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-1000:]
+    rows = {r["name"]: r for r in json.loads(run.stdout)}
+    assert rows["cogvideox-2b"]["defaults"] == {"track_layers": [17], "track_step": [49, 50], "cag_layers": [13, 17, 21]}
+    assert rows["cogvideox-5b"]["defaults"] is None and rows["tiny-image"]["defaults"]["cag_layers"] is None

@@ -22,6 +22,17 @@ class BackboneEntry:
     source: str
     description: str
     weights_present: Callable[[], bool]
+    adapter: type | None = None
+    transformer_config: Callable[[], str | None] = lambda: None  # path of transformer/config.json, if here
+
+    def defaults(self) -> dict | None:
+        """The method's defaults for this entry's architecture, from its config alone (None when absent)."""
+        path = self.transformer_config()
+        if self.adapter is None or path is None or not os.path.isfile(path):
+            return None
+        with open(path) as fh:
+            defaults = self.adapter.defaults_for(json.load(fh))
+        return {**defaults, "cag_layers": None if self.adapter.cag_refusal else defaults["cag_layers"]}
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -46,17 +57,28 @@ class TinyConfig:
 _TINY_CONFIGS: dict[str, TinyConfig] = {}
 
 
-def register_backbone(name: str, *, source: str, description: str, weights_present: Callable[[], bool]):
+def register_backbone(name: str, *, source: str, description: str, weights_present: Callable[[], bool],
+                      adapter: type | None = None, transformer_config: Callable[[], str | None] | None = None):
     def wrap(factory):
-        _REGISTRY[name] = BackboneEntry(name, factory, source, description, weights_present)
+        _REGISTRY[name] = BackboneEntry(name, factory, source, description, weights_present, adapter,
+                                        transformer_config or (lambda: None))
         return factory
 
     return wrap
 
 
-def register_checkpoint(name: str, hub_id: str, loader: Callable[..., Backbone], description: str) -> None:
+def register_checkpoint(name: str, hub_id: str, loader: Callable[..., Backbone], adapter: type,
+                        description: str) -> None:
     """A registry name for a hub checkpoint that ``loader(where, name=..., **kw)`` loads (from the local cache)."""
-    register_backbone(name, source=hub_id, description=description, weights_present=hub_weights_present(hub_id))(
+
+    def transformer_config():
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(hub_id, "transformer/config.json")
+        return path if isinstance(path, str) else None
+
+    register_backbone(name, source=hub_id, description=description, weights_present=hub_weights_present(hub_id),
+                      adapter=adapter, transformer_config=transformer_config)(
         lambda **kw: loader(hub_snapshot(hub_id), name=name, **kw))
 
 

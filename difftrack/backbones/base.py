@@ -166,26 +166,36 @@ class Backbone:
     method_defaults: ClassVar[dict[tuple[int, int], dict]] = {}
     fallback_track_step: ClassVar[tuple[int, int]] = (49, 50)
 
-    def _defaults(self) -> dict:
-        return self.method_defaults.get((self.num_layers, self.heads), {})
+    @classmethod
+    def architecture(cls, config) -> tuple[int, int]:
+        """(attention layers, heads) of a transformer config: the key of ``method_defaults``."""
+        return config["num_layers"], config["num_attention_heads"]
+
+    @classmethod
+    def defaults_for(cls, config) -> dict:
+        """The method's tracking layers, (step, schedule length) and CAG layers for a transformer config:
+        the published ones for a known architecture, else the middle layer(s) and ``fallback_track_step``.
+        Readable from the config alone, so `difftrack models` shows them without loading weights."""
+        n, heads = cls.architecture(config)
+        known = cls.method_defaults.get((n, heads), {})
+        middle = sorted({max(n // 2 - 1, 0), n // 2}) if n > 1 else [0]
+        return {"track_layers": list(known.get("track_layers", ())) or [n // 2],
+                "track_step": tuple(known.get("track_step", cls.fallback_track_step)),
+                "cag_layers": list(known.get("cag_layers", ())) or middle}
 
     def track_layers(self) -> list[int]:
         """Tracking layers without an analysis recommendation: the method's for a known architecture, else
         the middle layer."""
-        return list(self._defaults().get("track_layers", ())) or [self.num_layers // 2]
+        return self.defaults_for(self.transformer.config)["track_layers"]
 
     @property
     def default_track_step(self) -> tuple[int, int]:
         """(step index, schedule length) tracking reads without a recommendation."""
-        return tuple(self._defaults().get("track_step", self.fallback_track_step))
+        return self.defaults_for(self.transformer.config)["track_step"]
 
     def default_cag_layers(self) -> list[int]:
         """The method's CAG layers for a known architecture; otherwise the two middle layers."""
-        known = self._defaults().get("cag_layers")
-        if known:
-            return self.check_layers(list(known))
-        n = self.num_layers
-        return sorted({max(n // 2 - 1, 0), n // 2}) if n > 1 else [0]
+        return self.check_layers(self.defaults_for(self.transformer.config)["cag_layers"])
 
     def shipped_recommendation(self) -> Path | None:
         """recommendation.json shipped inside a local model directory (what `--layers auto` reads by default)."""

@@ -227,9 +227,11 @@ def load_cogvideox_i2v(where, **kw):
     return _load(CogVideoXImageToVideoBackbone, where, **kw)
 
 
-register_checkpoint("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, "CogVideoX-2B text-to-video, sin-cos positions")
-register_checkpoint("cogvideox-5b", "THUDM/CogVideoX-5b", load_cogvideox, "CogVideoX-5B text-to-video, 3D RoPE")
-register_checkpoint("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox_i2v,
+register_checkpoint("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, CogVideoXBackbone,
+                    "CogVideoX-2B text-to-video, sin-cos positions")
+register_checkpoint("cogvideox-5b", "THUDM/CogVideoX-5b", load_cogvideox, CogVideoXBackbone,
+                    "CogVideoX-5B text-to-video, 3D RoPE")
+register_checkpoint("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox_i2v, CogVideoXImageToVideoBackbone,
                     "CogVideoX-5B image-to-video, 3D RoPE")
 
 

@@ -207,5 +207,7 @@ for _name, _desc in [("tiny-video", "embedded tiny CogVideoX-architecture video 
                      ("tiny-image", "image twin of tiny-video: same architecture and recipe, trained on single "
                                     "frames")]:
     register_backbone(_name, source=f"difftrack/embedded/{_name}", description=_desc,
-                      weights_present=_embedded_present(_name))(
+                      weights_present=_embedded_present(_name),
+                      adapter=EmbeddedImageBackbone if _name == "tiny-image" else EmbeddedBackbone,
+                      transformer_config=lambda _name=_name: str(EMBEDDED_DIR / _name / "transformer" / "config.json"))(
         lambda _name=_name, **kw: load_embedded(EMBEDDED_DIR / _name, name=_name, **kw))

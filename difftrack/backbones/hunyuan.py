@@ -30,6 +30,10 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     # method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.
     method_defaults = {(60, 24): {"track_layers": (16,), "track_step": (29, 30)}}
 
+    @classmethod
+    def architecture(cls, config) -> tuple[int, int]:
+        return config["num_layers"] + config["num_single_layers"], config["num_attention_heads"]
+
     def __init__(self, name, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source="",
                  text_encoder_2=None, tokenizer_2=None, max_sequence_length: int = 256, guidance_scale: float = 6.0):
         super().__init__(name, transformer, scheduler, vae, text_encoder, tokenizer, source)
@@ -193,7 +197,7 @@ def load_hunyuan_video(where, dtype=torch.float32, device="cpu", name=None, **kw
                                 text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **kwargs)
 
 
-register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video,
+register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video, HunyuanVideoBackbone,
                     "HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")
 
 

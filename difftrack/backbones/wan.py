@@ -130,7 +130,7 @@ def load_wan(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
     return WanBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where, **kwargs)
 
 
-register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan,
+register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
                     "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")
 
 

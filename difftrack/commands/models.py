@@ -1,7 +1,9 @@
-"""List the backbone registry: name, source and whether its weights are present here.
+"""List the backbone registry: name, source, whether its weights are present here, and the method's
+defaults for its architecture (tracking layer and step, CAG layers), read from its config.
 
 The embedded default comes first. Any hub id or local diffusers pipeline directory also works as
---model; this list only names the ones difftrack knows by name.
+--model (with the same defaults for the same architecture); this list only names the ones difftrack
+knows by name. Defaults show as "-" for a checkpoint whose config is not in the local cache.
 """
 
 from difftrack.backbones import DEFAULT_BACKBONE, list_backbones
@@ -14,7 +16,7 @@ def add_arguments(parser):
 def run(args):
     entries = list_backbones()
     rows = [{"name": e.name, "source": e.source, "weights": "present" if e.weights_present() else "absent",
-             "description": e.description} for e in entries]
+             "defaults": e.defaults(), "description": e.description} for e in entries]
     if args.json:
         import json
 
@@ -22,6 +24,15 @@ def run(args):
         return
     width = max(len(r["name"]) for r in rows)
     swidth = max(len(r["source"]) for r in rows)
-    for i, r in enumerate(rows):
+    for r in rows:
         tag = " (default)" if r["name"] == DEFAULT_BACKBONE else ""
-        print(f"{r['name']:<{width}}  {r['source']:<{swidth}}  weights {r['weights']:<7}  {r['description']}{tag}")
+        print(f"{r['name']:<{width}}  {r['source']:<{swidth}}  weights {r['weights']:<7}  {_defaults(r['defaults']):<26}  "
+              f"{r['description']}{tag}")
+
+
+def _defaults(d: dict | None) -> str:
+    if d is None:
+        return "defaults -"
+    step, num_steps = d["track_step"]
+    cag = ",".join(map(str, d["cag_layers"])) if d["cag_layers"] else "-"
+    return f"track {','.join(map(str, d['track_layers']))} @ {step}/{num_steps}, CAG {cag}"
