@@ -10,14 +10,19 @@ import torch
 from difftrack import UserError, create_backbone, list_backbones
 from difftrack.backbones.cogvideox import CogVideoXBackbone, CogVideoXImageToVideoBackbone
 from difftrack.backbones.hunyuan import HunyuanVideoBackbone
+from difftrack.backbones.ltx import LTXVideoBackbone
 from difftrack.backbones.wan import WanBackbone, wan_rotary
 from difftrack.testing import TINY_KINDS, save_pipeline, tiny_backbone, tiny_components, tiny_pipeline_class
 
 KINDS = list(TINY_KINDS)
 ADAPTER = {"cogvideox-sincos": CogVideoXBackbone, "cogvideox-rope": CogVideoXBackbone,
-           "cogvideox-i2v": CogVideoXImageToVideoBackbone, "hunyuanvideo": HunyuanVideoBackbone, "wan": WanBackbone}
+           "cogvideox-i2v": CogVideoXImageToVideoBackbone, "hunyuanvideo": HunyuanVideoBackbone, "wan": WanBackbone,
+           "ltx-video": LTXVideoBackbone}
+# (temporal compression, spatial compression, patch size) of each family's checkpoints
+GEOMETRY = {"cogvideox-sincos": (4, 8, 2), "cogvideox-rope": (4, 8, 2), "cogvideox-i2v": (4, 8, 2),
+            "hunyuanvideo": (4, 8, 2), "wan": (4, 8, 2), "ltx-video": (8, 32, 1)}
 TEXT_POSITION = {"cogvideox-sincos": "first", "cogvideox-rope": "first", "cogvideox-i2v": "first",
-                 "hunyuanvideo": "last", "wan": "separate"}
+                 "hunyuanvideo": "last", "wan": "separate", "ltx-video": "separate"}
 
 
 @pytest.fixture(scope="module")
@@ -55,31 +60,34 @@ def test_save_pretrained_round_trip(tmp_path, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_geometry_values(backbones, kind):
     bb = backbones[kind]
-    assert bb.temporal_compression == 4 and bb.spatial_compression == 8 and bb.patch_size == 2
-    latents = bb.encode_video(_video(frames=5, size=32))
-    geo = bb.geometry(latents, text_tokens=7, frame_size=(32, 48))
+    tc, sc, p = GEOMETRY[kind]
+    assert (bb.temporal_compression, bb.spatial_compression, bb.patch_size) == (tc, sc, p)
+    frames, size = 1 + tc, 2 * sc * p  # 2 latent frames of 2x2 tokens
+    latents = bb.encode_video(_video(frames=frames, size=size))
+    geo = bb.geometry(latents, text_tokens=7, frame_size=(size, size * 3 // 2))
     assert (geo.frames, geo.grid_h, geo.grid_w) == (2, 2, 2)
     assert geo.text_position == TEXT_POSITION[kind]
-    assert geo.temporal_compression == 4 and geo.num_rgb_frames == 5
-    assert geo.stride_px == (16.0, 24.0)
-    assert geo.joint_tokens == 8 + (0 if kind == "wan" else 7)
-    per_frame = bb.encode_video(_video(frames=5, size=32), frame_as_latent=True)
+    assert geo.temporal_compression == tc and geo.num_rgb_frames == frames
+    assert geo.stride_px == (size / 2, size * 3 / 4)
+    assert geo.joint_tokens == 8 + (0 if TEXT_POSITION[kind] == "separate" else 7)
+    per_frame = bb.encode_video(_video(frames=frames, size=size), frame_as_latent=True)
     geo1 = bb.geometry(per_frame, text_tokens=7, frame_as_latent=True)
-    assert geo1.frames == 5 and geo1.temporal_compression == 1 and geo1.num_rgb_frames == 5
+    assert geo1.frames == frames and geo1.temporal_compression == 1 and geo1.num_rgb_frames == frames
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_encode_decode_shapes_and_frame_as_latent(backbones, kind):
     bb = backbones[kind]
-    # 9 frames -> 3 latent frames: CogVideoX's VAE decodes an even number of latent frames to 4F frames
+    tc, sc, _ = GEOMETRY[kind]
+    # 1 + 2 tc frames -> 3 latent frames: CogVideoX's VAE decodes an even number of latent frames to 4F frames
     # instead of 4F - 3, so an odd count is the one every family's VAE maps back to the input length.
-    video = _video(frames=9, size=16)
+    video = _video(frames=1 + 2 * tc, size=2 * sc)
     latents = bb.encode_video(video)
     assert latents.shape == (1, 3, bb.latent_channels, 2, 2)
     decoded = bb.decode_latents(latents)
     assert decoded.shape == video.shape and decoded.abs().max() <= 1
     per_frame = bb.encode_video(video, frame_as_latent=True)
-    assert per_frame.shape == (1, 9, bb.latent_channels, 2, 2)
+    assert per_frame.shape == (1, 1 + 2 * tc, bb.latent_channels, 2, 2)
     # Frame-as-latent: latent frame k is frame k encoded alone.
     alone = bb.encode_video(video[:, 3:4])
     assert torch.allclose(per_frame[:, 3:4], alone, atol=1e-6)
@@ -156,11 +164,13 @@ def test_prediction_types(backbones):
 @pytest.mark.parametrize("kind", KINDS)
 def test_frame_count_error_names_valid_counts(backbones, kind):
     bb = backbones[kind]
+    tc, sc, _ = GEOMETRY[kind]
+    frames = 2 + 2 * tc  # between 1 + 2 tc and 1 + 3 tc
     with pytest.raises(UserError) as err:
-        bb.encode_video(_video(frames=10, size=32))
+        bb.encode_video(_video(frames=frames, size=2 * sc))
     msg = str(err.value)
-    assert "\n" not in msg and "9" in msg and "13" in msg and "--frame-as-latent" in msg
-    assert bb.encode_video(_video(frames=10, size=32), frame_as_latent=True).shape[1] == 10
+    assert "\n" not in msg and str(1 + 2 * tc) in msg and str(1 + 3 * tc) in msg and "--frame-as-latent" in msg
+    assert bb.encode_video(_video(frames=frames, size=2 * sc), frame_as_latent=True).shape[1] == frames
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -287,7 +297,8 @@ def test_generation_size_is_the_trained_size_or_the_stock_pipelines_default(back
     bb = backbones[kind]
     cfg = bb.transformer.config
     if cfg.get("sample_frames") is None:  # HunyuanVideo and Wan record no sample size: their pipelines' defaults
-        assert bb.generation_size() == {"hunyuanvideo": (129, 720, 1280), "wan": (81, 480, 832)}[kind]
+        assert bb.generation_size() == {"hunyuanvideo": (129, 720, 1280), "wan": (81, 480, 832),
+                                        "ltx-video": (161, 512, 704)}[kind]
         assert bb.generation_size(5, 32, 48) == (5, 32, 48)
     else:
         frames, height, width = bb.generation_size()

@@ -49,7 +49,7 @@ def _split_values(kind, attn, values, text_len):
         if "add_v_proj" in values:  # dual stream: text has its own projections
             return heads(v), heads(values["add_v_proj"])
         return heads(v[:, :-text_len]), heads(v[:, -text_len:])  # single stream: [video, text]
-    return heads(v), None  # Wan self-attention: video only
+    return heads(v), None  # Wan / LTX-Video self-attention: video only
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -71,7 +71,7 @@ def test_descriptors_reproduce_the_attention_output(backbones, kind):
                 h.remove()
         desc = cap.results[(layer, 0)]
         text_len = 0 if desc.text_key is None else desc.text_key.shape[2]
-        if kind != "wan":
+        if bb.text_position != "separate":  # Wan and LTX-Video keep text in cross-attention
             assert text_len == embeds.shape[1]
         v_video, v_text = _split_values(kind, attn, values, text_len)
         keys = desc.key if desc.text_key is None else torch.cat([desc.key, desc.text_key], dim=2)

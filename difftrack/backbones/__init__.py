@@ -194,7 +194,7 @@ def deferred_component(cls, where: str, subfolder: str, device, **kwargs) -> Def
 
 def _import_families() -> None:
     # Importing a family module registers its entries; kept lazy so `import difftrack` stays light.
-    from difftrack.backbones import cogvideox, embedded, hunyuan, wan  # noqa: F401
+    from difftrack.backbones import cogvideox, embedded, hunyuan, ltx, wan  # noqa: F401
 
 
 __all__ = ["Backbone", "Deferred", "ProcessorCall", "deferred_component", "BackboneEntry", "TinyConfig", "register_backbone", "register_checkpoint", "register_pipeline_loader",
