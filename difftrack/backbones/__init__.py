@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+
+import torch
 from dataclasses import dataclass
 from typing import Callable
 
@@ -185,6 +187,24 @@ def load_component(cls, where: str, subfolder: str | None = None, **kwargs):
         raise UserError(f"cannot load {cls.__name__} from {part}: weights missing or incomplete "
                         f"({str(exc).splitlines()[0][:160]}); download the full pipeline with "
                         f"`huggingface-cli download {where}` on a connected machine") from None
+
+
+def load_components(where: str, dtype, device, float32: tuple[str, ...] = (), **classes) -> dict:
+    """The components of a pipeline directory, by subfolder: ``classes`` maps each subfolder to its class.
+    Models load in ``dtype`` (those named in ``float32`` in float32, as their stock pipeline runs them) for
+    inference on ``device``; text encoders are deferred to their first use; tokenizers and schedulers load
+    as they are."""
+    components = {}
+    for name, cls in classes.items():
+        if name.startswith(("tokenizer", "scheduler")):
+            components[name] = load_component(cls, where, name)
+            continue
+        kwargs = {"torch_dtype": torch.float32 if name in float32 else dtype}
+        if name.startswith("text_encoder"):
+            components[name] = deferred_component(cls, where, name, device, **kwargs)
+        else:
+            components[name] = load_component(cls, where, name, **kwargs).to(device).eval().requires_grad_(False)
+    return components
 
 
 def deferred_component(cls, where: str, subfolder: str, device, **kwargs) -> Deferred:

@@ -11,8 +11,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
-from difftrack.backbones import deferred_component, register_tiny_config
+from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
 from difftrack.errors import UserError
 
@@ -207,14 +207,10 @@ def _load(cls, where, dtype=torch.float32, device="cpu", name=None):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    transformer = load_component(CogVideoXTransformer3DModel, where, "transformer", torch_dtype=dtype)
-    vae = load_component(AutoencoderKLCogVideoX, where, "vae", torch_dtype=dtype)
-    text_encoder = deferred_component(T5EncoderModel, where, "text_encoder", device, torch_dtype=dtype)
-    tokenizer = load_component(AutoTokenizer, where, "tokenizer")
-    scheduler = load_component(CogVideoXDDIMScheduler, where, "scheduler")
-    for m in (transformer, vae):
-        m.to(device).eval().requires_grad_(False)
-    return cls(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where)
+    components = load_components(where, dtype, device, transformer=CogVideoXTransformer3DModel,
+                                 vae=AutoencoderKLCogVideoX, text_encoder=T5EncoderModel, tokenizer=AutoTokenizer,
+                                 scheduler=CogVideoXDDIMScheduler)
+    return cls(name or where, source=where, **components)
 
 
 @register_pipeline_loader("CogVideoXPipeline")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
-from difftrack.backbones import deferred_component, register_tiny_config
+from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
 from difftrack.backbones.base import Component
 from difftrack.backbones.flow import FlowMatchingMixin
@@ -184,18 +184,11 @@ def load_hunyuan_video(where, dtype=torch.float32, device="cpu", name=None, **kw
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
     from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
 
-    transformer = load_component(HunyuanVideoTransformer3DModel, where, "transformer", torch_dtype=dtype)
-    vae = load_component(AutoencoderKLHunyuanVideo, where, "vae", torch_dtype=dtype)
-    text_encoder = deferred_component(LlamaModel, where, "text_encoder", device, torch_dtype=dtype)
-    tokenizer = load_component(AutoTokenizer, where, "tokenizer")
-    text_encoder_2 = deferred_component(CLIPTextModel, where, "text_encoder_2", device, torch_dtype=dtype)
-    tokenizer_2 = load_component(AutoTokenizer, where, "tokenizer_2")
-    scheduler = load_component(FlowMatchEulerDiscreteScheduler, where, "scheduler")
-    for m in (transformer, vae):
-        m.to(device).eval().requires_grad_(False)
-    return HunyuanVideoBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where,
-                                text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **kwargs)
-
+    components = load_components(where, dtype, device, transformer=HunyuanVideoTransformer3DModel,
+                                 vae=AutoencoderKLHunyuanVideo, text_encoder=LlamaModel, tokenizer=AutoTokenizer,
+                                 text_encoder_2=CLIPTextModel, tokenizer_2=AutoTokenizer,
+                                 scheduler=FlowMatchEulerDiscreteScheduler)
+    return HunyuanVideoBackbone(name or where, source=where, **components, **kwargs)
 
 register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video, HunyuanVideoBackbone,
                     "HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")

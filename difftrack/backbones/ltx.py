@@ -15,27 +15,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
-from difftrack.backbones import deferred_component, register_tiny_config
+from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import register_tiny_config
+from difftrack.backbones.cross_text import CrossAttentionTextMixin
 from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "Lightricks/LTX-Video"
 FRAME_RATE = 25  # the stock pipeline's default, part of its RoPE interpolation scale
 
 
-class LTXVideoBackbone(FlowMatchingMixin, Backbone):
+class LTXVideoBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
     family = "ltx-video"
     pipeline_default_size = (161, 512, 704)  # LTXPipeline's defaults
     trained_latent_frames = 21  # the stock pipeline's 161 RGB frames
-    text_position = "separate"
-    cag_refusal = ("LTX-Video keeps text in separate cross-attention, so CAG (video attends only to text and its own "
-                   "frame in the joint 3D attention) has no joint attention to restrict; use --guidance cfg")
-
-    def __init__(self, name, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source="",
-                 max_sequence_length: int = 128):
-        super().__init__(name, transformer, scheduler, vae, text_encoder, tokenizer, source)
-        self.max_sequence_length = max_sequence_length
-        self._pipeline = None
+    display_name = "LTX-Video"
+    default_max_sequence_length = 128  # LTXPipeline's
 
     @property
     def layers(self):
@@ -140,15 +134,10 @@ def load_ltx_video(where, dtype=torch.float32, device="cpu", name=None, **kwargs
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    transformer = load_component(LTXVideoTransformer3DModel, where, "transformer", torch_dtype=dtype)
-    vae = load_component(AutoencoderKLLTXVideo, where, "vae", torch_dtype=dtype)
-    text_encoder = deferred_component(T5EncoderModel, where, "text_encoder", device, torch_dtype=dtype)
-    tokenizer = load_component(AutoTokenizer, where, "tokenizer")
-    scheduler = load_component(FlowMatchEulerDiscreteScheduler, where, "scheduler")
-    for m in (transformer, vae):
-        m.to(device).eval().requires_grad_(False)
-    return LTXVideoBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where, **kwargs)
-
+    components = load_components(where, dtype, device, transformer=LTXVideoTransformer3DModel,
+                                 vae=AutoencoderKLLTXVideo, text_encoder=T5EncoderModel, tokenizer=AutoTokenizer,
+                                 scheduler=FlowMatchEulerDiscreteScheduler)
+    return LTXVideoBackbone(name or where, source=where, **components, **kwargs)
 
 register_checkpoint("ltx-video", HUB_ID, load_ltx_video, LTXVideoBackbone,
                     "LTX-Video 2B text-to-video, 32x32x8 VAE, 3D RoPE self-attention, text via separate cross-attention")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_component, register_checkpoint, register_pipeline_loader
-from difftrack.backbones import deferred_component, register_tiny_config
+from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import register_tiny_config
+from difftrack.backbones.cross_text import CrossAttentionTextMixin
 from difftrack.backbones.flow import FlowMatchingMixin
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -30,20 +31,13 @@ def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
     return out.type_as(x)
 
 
-class WanBackbone(FlowMatchingMixin, Backbone):
+class WanBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
     family = "wan"
     vae_compression_keys = ("scale_factor_spatial", "scale_factor_temporal")
     pipeline_default_size = (81, 480, 832)  # WanPipeline's defaults
     trained_latent_frames = 21  # the stock pipeline's 81 RGB frames
-    text_position = "separate"
-    cag_refusal = ("Wan keeps text in separate cross-attention, so CAG (video attends only to text and its own frame "
-                   "in the joint 3D attention) has no joint attention to restrict; use --guidance cfg with Wan")
-
-    def __init__(self, name, transformer, scheduler, vae=None, text_encoder=None, tokenizer=None, source="",
-                 max_sequence_length: int = 512):
-        super().__init__(name, transformer, scheduler, vae, text_encoder, tokenizer, source)
-        self.max_sequence_length = max_sequence_length
-        self._pipeline = None
+    display_name = "Wan"
+    default_max_sequence_length = 512
 
     @property
     def layers(self):
@@ -119,16 +113,11 @@ def load_wan(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    transformer = load_component(WanTransformer3DModel, where, "transformer", torch_dtype=dtype)
     # The stock pipeline runs the Wan VAE in float32 whatever the transformer's dtype.
-    vae = load_component(AutoencoderKLWan, where, "vae", torch_dtype=torch.float32)
-    text_encoder = deferred_component(UMT5EncoderModel, where, "text_encoder", device, torch_dtype=dtype)
-    tokenizer = load_component(AutoTokenizer, where, "tokenizer")
-    scheduler = load_component(UniPCMultistepScheduler, where, "scheduler")
-    for m in (transformer, vae):
-        m.to(device).eval().requires_grad_(False)
-    return WanBackbone(name or where, transformer, scheduler, vae, text_encoder, tokenizer, source=where, **kwargs)
-
+    components = load_components(where, dtype, device, float32=("vae",), transformer=WanTransformer3DModel,
+                                 vae=AutoencoderKLWan, text_encoder=UMT5EncoderModel, tokenizer=AutoTokenizer,
+                                 scheduler=UniPCMultistepScheduler)
+    return WanBackbone(name or where, source=where, **components, **kwargs)
 
 register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
                     "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")
