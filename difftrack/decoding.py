@@ -7,9 +7,7 @@ position) plus one occluded state. A path pays, per frame:
   occluded state (a point whose candidates are all weaker than that is better explained as hidden); a
   weight below 1 trusts the motion prior more than a model whose costs are weak;
 - motion: |step|^2 / (2 sigma^2) in token units between consecutive visible positions (an occluded
-  stretch keeps the position it entered with, and the step out of it is measured from there); with
-  ``stay_weight`` w > 0 the prior is a mixture, w of a narrow Gaussian (``stay_sigma``) for points that
-  stay put and 1 - w of the broad one (both 2D-normalised);
+  stretch keeps the position it entered with, and the step out of it is measured from there);
 - switching: ``enter_cost`` to become occluded, ``leave_cost`` to reappear.
 
 So a distractor peak far from the track's path loses to a slightly weaker peak on it. The first
@@ -18,7 +16,6 @@ frame of a segment is the known start (the query point, or the end of the previo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,16 +28,6 @@ class MotionModel:
     occluded_log_cost: float = -6.0  # log "cost" of the occluded state; a candidate must beat it
     enter_cost: float = 4.0
     leave_cost: float = 4.0
-    stay_weight: float = 0.0
-    stay_sigma: float = 0.25  # tokens per frame
-
-    def step_cost(self, squared_step: torch.Tensor) -> torch.Tensor:
-        """-log prior of a move of squared length ``squared_step`` (token units), up to a constant."""
-        broad = squared_step / (2.0 * self.sigma ** 2)
-        if self.stay_weight <= 0:
-            return broad
-        narrow = squared_step / (2.0 * self.stay_sigma ** 2) - 2.0 * math.log(self.sigma / self.stay_sigma)
-        return -torch.logaddexp(math.log(self.stay_weight) - narrow, math.log1p(-self.stay_weight) - broad)
 
 
 def viterbi_decode(start: torch.Tensor, positions: torch.Tensor, costs: torch.Tensor,
@@ -53,6 +40,7 @@ def viterbi_decode(start: torch.Tensor, positions: torch.Tensor, costs: torch.Te
     n, frames, k = costs.shape
     dtype, device = positions.dtype, positions.device
     emission = costs.clamp_min(1e-12).log() * model.emission_weight
+    inv_two_var = 1.0 / (2.0 * model.sigma ** 2)
     # State s < k: candidate s; state k: occluded. Scores of the start: a single visible state.
     score = torch.zeros(n, 1, dtype=dtype, device=device)
     previous_xy = start.to(dtype)[:, None]  # (N, S_prev, 2)
@@ -60,7 +48,7 @@ def viterbi_decode(start: torch.Tensor, positions: torch.Tensor, costs: torch.Te
     pointers, occluded_xy = [], []
     for f in range(frames):
         step = (previous_xy[:, :, None] - positions[:, f, None]).square().sum(-1)  # (N, S_prev, K)
-        into_visible = score[:, :, None] - model.step_cost(step) - previous_occluded[:, :, None] * model.leave_cost
+        into_visible = score[:, :, None] - step * inv_two_var - previous_occluded[:, :, None] * model.leave_cost
         best_visible, from_visible = into_visible.max(1)  # (N, K)
         into_occluded = score - (~previous_occluded) * model.enter_cost  # staying occluded is free
         best_occluded, from_occluded = into_occluded.max(1)  # (N,)

@@ -56,8 +56,6 @@ class TrackerConfig:
     motion_sigma: float = MotionModel.sigma
     emission_weight: float = MotionModel.emission_weight
     occluded_log_cost: float = MotionModel.occluded_log_cost
-    stay_weight: float = MotionModel.stay_weight  # share of the prior for points that stay put (0: none)
-    stay_sigma: float = MotionModel.stay_sigma
     cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
     peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
     seed: int = 0
@@ -123,9 +121,6 @@ class DiffTracker:
             cfg.window = bb.max_frames
         if cfg.temporal not in TEMPORAL_MODES:
             raise UserError(f"unknown temporal mode {cfg.temporal!r}; choose one of {', '.join(TEMPORAL_MODES)}")
-        if not (0 <= cfg.stay_weight < 1 and cfg.stay_sigma > 0):
-            raise UserError(f"stay_weight must be in [0, 1) and stay_sigma positive, got {cfg.stay_weight} and "
-                            f"{cfg.stay_sigma}")
         if cfg.noise_draws < 1 or cfg.candidates < 1 or not cfg.motion_sigma > 0:
             raise UserError("noise_draws and candidates must be at least 1 and motion_sigma positive, got "
                             f"{cfg.noise_draws}, {cfg.candidates} and {cfg.motion_sigma}")
@@ -253,8 +248,7 @@ class DiffTracker:
         offset = start_xy - start_xy.floor() - 0.5 if cfg.refine_window == 0 else torch.zeros_like(start_xy)
         if cfg.temporal == "viterbi":
             model = MotionModel(sigma=cfg.motion_sigma, emission_weight=cfg.emission_weight,
-                                occluded_log_cost=cfg.occluded_log_cost, stay_weight=cfg.stay_weight,
-                                stay_sigma=cfg.stay_sigma)
+                                occluded_log_cost=cfg.occluded_log_cost)
             positions = fwd.candidate_refined[:, local].float() + offset[:, None, None]
             xy, hidden = viterbi_decode(start_xy, positions, fwd.candidate_cost[:, local].float(), model)
         else:

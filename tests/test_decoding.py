@@ -37,19 +37,3 @@ def test_points_are_decoded_independently():
     both_xy, _ = viterbi_decode(both_start, torch.cat([positions, positions + 1]), torch.cat([costs, costs]))
     alone_xy, _ = viterbi_decode(start + 1, positions + 1, costs)
     assert torch.equal(both_xy[1], alone_xy[0])
-
-
-def test_the_stay_component_keeps_a_static_point_against_a_slightly_stronger_neighbour():
-    """A point that stays put: candidate 0 on it, candidate 1 one token away and a little stronger. The broad
-    prior alone follows the neighbour; with a share of the prior on staying put the track stays."""
-    frames = 6
-    here = torch.tensor([4.0, 4.0])
-    positions = torch.stack([here.expand(frames, 2), (here + torch.tensor([1.0, 0.0])).expand(frames, 2)], 1)[None]
-    costs = torch.tensor([0.30, 0.36]).repeat(frames, 1)[None]
-    broad, _ = viterbi_decode(here[None], positions, costs, MotionModel(sigma=2.0))
-    stay, _ = viterbi_decode(here[None], positions, costs, MotionModel(sigma=2.0, stay_weight=0.5, stay_sigma=0.25))
-    assert torch.allclose(broad[0], (here + torch.tensor([1.0, 0.0])).expand(frames, 2))
-    assert torch.allclose(stay[0], here.expand(frames, 2))
-    model = MotionModel(sigma=2.0)
-    squared = torch.tensor([0.0, 1.0, 9.0])
-    assert torch.equal(model.step_cost(squared), squared / 8.0)  # stay_weight 0 is exactly the broad prior
