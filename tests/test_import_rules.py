@@ -80,3 +80,48 @@ def test_the_family_rule_sees_a_family_named_outside_the_adapters(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text('from diffusers import CogVideoXTransformer3DModel\nif bb.family == "wan":\n    pass\n')
     assert len(_family_mentions(sample, {"wan"})) == 2
+
+
+UNIVERSAL = {"errors", "options", "io", "drawing"}  # "anything above them may use" (ARCHITECTURE.md)
+
+
+def _architecture_table() -> list[tuple[list[str], set[str] | None]]:
+    """(module paths, the difftrack modules they may import; None = anything) from docs/ARCHITECTURE.md."""
+    import re
+
+    doc = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    table = []
+    for line in doc.splitlines():
+        if not line.startswith("| `difftrack/"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        paths = [p.replace("*.py", "") for p in re.findall(r"`(difftrack/[\w/.*]+)`", cells[0].split(" (")[0])]
+        allowed = None if cells[2].startswith("anything") else set(
+            re.findall(r"[a-z_]+", re.sub(r"\([^)]*\)", "", cells[2].split(";")[0])))
+        table.append((paths, allowed))
+    return table
+
+
+def test_every_module_imports_only_what_the_architecture_table_allows():
+    table = _architecture_table()
+    assert len(table) > 15
+    offenders, unlisted = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        rows = [(paths, allowed) for paths, allowed in table
+                if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in paths)]
+        if not rows:
+            unlisted.append(rel)
+            continue
+        paths, allowed = rows[0]
+        if allowed is None:
+            continue
+        own = {p.rstrip("/").removesuffix(".py").split("/")[1] for p in paths}
+        for name in _imports(path):
+            if not name.startswith("difftrack."):
+                continue
+            top = name.split(".")[1]
+            if top not in own | allowed | UNIVERSAL:
+                offenders.append(f"{rel} imports {name}")
+    assert not unlisted, f"modules missing from the ARCHITECTURE.md table: {unlisted}"
+    assert not offenders, offenders
