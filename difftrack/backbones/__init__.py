@@ -207,6 +207,17 @@ def load_components(where: str, dtype, device, float32: tuple[str, ...] = (), **
     return components
 
 
+def component_loader(adapter: type, classes: Callable[[], dict], float32: tuple[str, ...] = ()):
+    """A pipeline loader ``load(where, dtype, device, name, **adapter_kwargs)``: the components that
+    ``classes()`` maps from subfolder to class, loaded by :func:`load_components`, in ``adapter``."""
+
+    def load(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+        components = load_components(where, dtype, device, float32, **classes())
+        return adapter(name or where, source=where, **components, **kwargs)
+
+    return load
+
+
 def deferred_component(cls, where: str, subfolder: str, device, **kwargs) -> Deferred:
     """A component that :func:`load_component` loads (for inference, on ``device``) only when first used."""
     return Deferred(lambda: load_component(cls, where, subfolder, **kwargs).to(device).eval().requires_grad_(False))
@@ -218,6 +229,6 @@ def _import_families() -> None:
 
 
 __all__ = ["Backbone", "Deferred", "ProcessorCall", "deferred_component", "BackboneEntry", "TinyConfig", "register_backbone", "register_checkpoint", "register_pipeline_loader",
-           "register_tiny_config", "tiny_configs",
+           "register_tiny_config", "tiny_configs", "component_loader",
            "create_backbone", "list_backbones", "load_component", "hub_weights_present", "DEFAULT_BACKBONE",
            "DEFAULT_IMAGE_TWIN"]

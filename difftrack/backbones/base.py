@@ -131,7 +131,9 @@ class Backbone:
 
     @property
     def spatial_compression(self) -> int:
-        """Pixels per latent cell along one axis (the VAE's downsampling)."""
+        """Pixels per latent cell along one axis (the VAE's downsampling; 1 for a pixel-space model)."""
+        if self.vae is None:
+            return 1
         if self.vae_compression_keys:
             return getattr(self.vae.config, self.vae_compression_keys[0])
         return 2 ** (len(self.vae.config.block_out_channels) - 1)

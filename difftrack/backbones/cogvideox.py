@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
 from difftrack.errors import UserError
@@ -203,25 +203,17 @@ class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
         return torch.cat([latents, image_latents], dim=2), kwargs
 
 
-def _load(cls, where, dtype=torch.float32, device="cpu", name=None):
+def _classes():
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    components = load_components(where, dtype, device, transformer=CogVideoXTransformer3DModel,
-                                 vae=AutoencoderKLCogVideoX, text_encoder=T5EncoderModel, tokenizer=AutoTokenizer,
-                                 scheduler=CogVideoXDDIMScheduler)
-    return cls(name or where, source=where, **components)
+    return dict(transformer=CogVideoXTransformer3DModel, vae=AutoencoderKLCogVideoX, text_encoder=T5EncoderModel,
+                tokenizer=AutoTokenizer, scheduler=CogVideoXDDIMScheduler)
 
 
-@register_pipeline_loader("CogVideoXPipeline")
-def load_cogvideox(where, **kw):
-    return _load(CogVideoXBackbone, where, **kw)
-
-
-@register_pipeline_loader("CogVideoXImageToVideoPipeline")
-def load_cogvideox_i2v(where, **kw):
-    return _load(CogVideoXImageToVideoBackbone, where, **kw)
-
+load_cogvideox = register_pipeline_loader("CogVideoXPipeline")(component_loader(CogVideoXBackbone, _classes))
+load_cogvideox_i2v = register_pipeline_loader("CogVideoXImageToVideoPipeline")(
+    component_loader(CogVideoXImageToVideoBackbone, _classes))
 
 register_checkpoint("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, CogVideoXBackbone,
                     "CogVideoX-2B text-to-video, sin-cos positions")

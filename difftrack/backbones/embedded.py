@@ -88,14 +88,6 @@ class EmbeddedBackbone(CogVideoXBackbone):
         """The clip length the model was trained on (longer clips run, but are out of distribution)."""
         return self.transformer.config.sample_frames
 
-    @property
-    def spatial_compression(self) -> int:
-        return 1
-
-    @property
-    def temporal_compression(self) -> int:
-        return 1
-
     def working_size(self, height: int, width: int) -> tuple[int, int]:
         return self.native_size  # encode_video resizes to it anyway
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
 from difftrack.backbones.base import Component
@@ -179,16 +179,16 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         return video_out, encoder_out
 
 
-@register_pipeline_loader("HunyuanVideoPipeline")
-def load_hunyuan_video(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+def _classes():
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
     from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
 
-    components = load_components(where, dtype, device, transformer=HunyuanVideoTransformer3DModel,
-                                 vae=AutoencoderKLHunyuanVideo, text_encoder=LlamaModel, tokenizer=AutoTokenizer,
-                                 text_encoder_2=CLIPTextModel, tokenizer_2=AutoTokenizer,
-                                 scheduler=FlowMatchEulerDiscreteScheduler)
-    return HunyuanVideoBackbone(name or where, source=where, **components, **kwargs)
+    return dict(transformer=HunyuanVideoTransformer3DModel, vae=AutoencoderKLHunyuanVideo, text_encoder=LlamaModel,
+                tokenizer=AutoTokenizer, text_encoder_2=CLIPTextModel, tokenizer_2=AutoTokenizer,
+                scheduler=FlowMatchEulerDiscreteScheduler)
+
+
+load_hunyuan_video = register_pipeline_loader("HunyuanVideoPipeline")(component_loader(HunyuanVideoBackbone, _classes))
 
 register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video, HunyuanVideoBackbone,
                     "HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.cross_text import CrossAttentionTextMixin
 from difftrack.backbones.flow import FlowMatchingMixin
@@ -129,15 +129,15 @@ class LTXVideoBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
         return call.hooked["to_out_in"]
 
 
-@register_pipeline_loader("LTXPipeline")
-def load_ltx_video(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+def _classes():
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    components = load_components(where, dtype, device, transformer=LTXVideoTransformer3DModel,
-                                 vae=AutoencoderKLLTXVideo, text_encoder=T5EncoderModel, tokenizer=AutoTokenizer,
-                                 scheduler=FlowMatchEulerDiscreteScheduler)
-    return LTXVideoBackbone(name or where, source=where, **components, **kwargs)
+    return dict(transformer=LTXVideoTransformer3DModel, vae=AutoencoderKLLTXVideo, text_encoder=T5EncoderModel,
+                tokenizer=AutoTokenizer, scheduler=FlowMatchEulerDiscreteScheduler)
+
+
+load_ltx_video = register_pipeline_loader("LTXPipeline")(component_loader(LTXVideoBackbone, _classes))
 
 register_checkpoint("ltx-video", HUB_ID, load_ltx_video, LTXVideoBackbone,
                     "LTX-Video 2B text-to-video, 32x32x8 VAE, 3D RoPE self-attention, text via separate cross-attention")

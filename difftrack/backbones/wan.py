@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, load_components, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.cross_text import CrossAttentionTextMixin
 from difftrack.backbones.flow import FlowMatchingMixin
@@ -108,16 +108,16 @@ class WanBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
         return call.hooked["to_out_in"]
 
 
-@register_pipeline_loader("WanPipeline")
-def load_wan(where, dtype=torch.float32, device="cpu", name=None, **kwargs):
+def _classes():
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    # The stock pipeline runs the Wan VAE in float32 whatever the transformer's dtype.
-    components = load_components(where, dtype, device, float32=("vae",), transformer=WanTransformer3DModel,
-                                 vae=AutoencoderKLWan, text_encoder=UMT5EncoderModel, tokenizer=AutoTokenizer,
-                                 scheduler=UniPCMultistepScheduler)
-    return WanBackbone(name or where, source=where, **components, **kwargs)
+    return dict(transformer=WanTransformer3DModel, vae=AutoencoderKLWan, text_encoder=UMT5EncoderModel,
+                tokenizer=AutoTokenizer, scheduler=UniPCMultistepScheduler)
+
+
+# The stock pipeline runs the Wan VAE in float32 whatever the transformer's dtype.
+load_wan = register_pipeline_loader("WanPipeline")(component_loader(WanBackbone, _classes, float32=("vae",)))
 
 register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
                     "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")
