@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,9 @@ def write_report(out: Path, records: list[dict], backbone, config, layers: list[
     means = {name: t["mean"] for name, t in agg.items()}
     ranked = rank(means, layers, steps, accuracy, top=top)
     timesteps = [float(t) for t in backbone.timesteps(config.num_steps)]
-    found = findings(means, layers, steps, accuracy)
+    with warnings.catch_warnings():  # all-NaN tables (no visible ground truth) give None findings, not noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        found = findings(means, layers, steps, accuracy)
     results = {
         "model": backbone.name, "difftrack_version": difftrack.__version__, "config": asdict(config),
         "layers": layers, "steps": steps, "num_steps": config.num_steps,
