@@ -1,17 +1,18 @@
 """Backbone registry in the spirit of timm: ``register_backbone`` adds a named factory,
 ``create_backbone`` builds one from a registry name, a hub id or a local directory.
 
-Adding a model family means adding one module here; nothing in the tracker or analysis changes.
+Adding a model family means adding one module here (its adapter, loader, checkpoints and tiny test
+configuration) and its name in ``_import_families``; nothing in the tracker or analysis changes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-
-import torch
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 from difftrack.backbones.base import Backbone, Deferred, ProcessorCall
 from difftrack.errors import UserError
