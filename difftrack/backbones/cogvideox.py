@@ -189,8 +189,7 @@ class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
 
         height, width = latents.shape[3] * self.spatial_compression, latents.shape[4] * self.spatial_compression
         frame = cv2.resize(np.asarray(image), (width, height), interpolation=cv2.INTER_AREA)[None]
-        first = self.encode_video(torch.from_numpy(frame).permute(0, 3, 1, 2).float().div(127.5).sub(1)[None]
-                                  .to(self.device))
+        first = self.encode_frames(frame)  # already at a size encode_frames keeps
         return {"image_latents": self.image_latents(latents, first.expand(latents.shape[0], -1, -1, -1, -1))}
 
     def transformer_inputs(self, latents, image_latents=None, **extra):
