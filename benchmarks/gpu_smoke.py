@@ -3,7 +3,8 @@
 On a CUDA machine, for each of the registry's tiny configurations (stock classes at tiny width with
 the checkpoints' VAE compression, patch size and scheduler, saved as a pipeline directory and loaded
 from it): tracking from a later query frame, real-video analysis in each noise mode, generation with
-none / cfg / cag guidance (or CAG's refusal) and probe features, each timed, with the peak CUDA memory
+none / cfg / cag guidance (or CAG's refusal), cfg under model CPU offload (same bits as resident) and
+probe features, each timed, with the peak CUDA memory
 and a repeatability check (same inputs, same bits). Then the matching kernel at the CogVideoX-2B and
 5B analysis shapes in bf16: Triton against the torch backend (parity of every output) and against a
 bare bf16 ``q @ k.T`` over the same tensors, timed with CUDA events (median of --repeats).
@@ -80,13 +81,19 @@ def family_cases(kind: str, root: Path, device: str = "cuda", dtype=torch.bfloat
         cases[f"generate_{guidance}"] = lambda config=config: sample(
             bb, "a red disc moves left", num_frames=FRAMES, height=SIZE, width=SIZE, num_steps=2, guidance=config,
             output="uint8", progress=False, image=image)
+    offloaded = create_backbone(str(root / kind), device="cpu", dtype=dtype)
+    offloaded.enable_model_cpu_offload(device)
+    cases["generate_cfg_offload"] = lambda: sample(
+        offloaded, "a red disc moves left", num_frames=FRAMES, height=SIZE, width=SIZE, num_steps=2,
+        guidance=GuidanceConfig("cfg", 3.0, 1.0, ()), output="uint8", progress=False, image=image)
     spec = FeatureSpec(blocks=(0, 1), kinds=("query", "block"), step=2, num_steps=3)
     cases["probe_features"] = lambda: tuple(v for v in extract_features(bb, clip.video, spec).maps.values())
-    results = {}
+    results, outputs = {}, {}
     for name, fn in cases.items():
-        first, stats = _timed(fn, device)
+        outputs[name], stats = _timed(fn, device)
         second, _ = _timed(fn, device)
-        results[name] = {**stats, "repeatable": _same(_numpy(first), _numpy(second))}
+        results[name] = {**stats, "repeatable": _same(_numpy(outputs[name]), _numpy(second))}
+    results["generate_cfg_offload"]["same_as_resident"] = _same(outputs["generate_cfg_offload"], outputs["generate_cfg"])
     return results
 
 

@@ -17,9 +17,13 @@ def tiny_components(kind: str, seed: int = 0) -> dict:
 
 
 def tiny_pipeline_class(kind: str):
+    """The diffusers pipeline class that saves ``kind``'s components, bound to its pipeline settings."""
+    import functools
+
     import diffusers
 
-    return getattr(diffusers, tiny_configs()[kind].pipeline_class)
+    config = tiny_configs()[kind]
+    return functools.partial(getattr(diffusers, config.pipeline_class), **(config.pipeline_kwargs or {}))
 
 
 def save_pipeline(components: dict, pipeline_cls, path) -> None:

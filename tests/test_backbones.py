@@ -1,6 +1,7 @@
 """Backbone adapters on tiny random configs of every family: loading, geometry, video <-> latents, forward."""
 
 import copy
+import json
 import os
 
 import numpy as np
@@ -12,17 +13,20 @@ from difftrack.backbones.cogvideox import CogVideoXBackbone, CogVideoXImageToVid
 from difftrack.backbones.hunyuan import HunyuanVideoBackbone
 from difftrack.backbones.ltx import LTXVideoBackbone
 from difftrack.backbones.wan import WanBackbone, wan_rotary
+from difftrack.backbones.wan22 import Wan22Backbone
 from difftrack.testing import TINY_KINDS, save_pipeline, tiny_backbone, tiny_components, tiny_pipeline_class
 
 KINDS = list(TINY_KINDS)
 ADAPTER = {"cogvideox-sincos": CogVideoXBackbone, "cogvideox-rope": CogVideoXBackbone,
            "cogvideox-i2v": CogVideoXImageToVideoBackbone, "hunyuanvideo": HunyuanVideoBackbone, "wan": WanBackbone,
-           "ltx-video": LTXVideoBackbone}
+           "ltx-video": LTXVideoBackbone, "wan2.2": Wan22Backbone}
 # (temporal compression, spatial compression, patch size) of each family's checkpoints
 GEOMETRY = {"cogvideox-sincos": (4, 8, 2), "cogvideox-rope": (4, 8, 2), "cogvideox-i2v": (4, 8, 2),
-            "hunyuanvideo": (4, 8, 2), "wan": (4, 8, 2), "ltx-video": (8, 32, 1)}
+            "hunyuanvideo": (4, 8, 2), "wan": (4, 8, 2), "ltx-video": (8, 32, 1),
+            "wan2.2": (4, 16, 2)}
 TEXT_POSITION = {"cogvideox-sincos": "first", "cogvideox-rope": "first", "cogvideox-i2v": "first",
-                 "hunyuanvideo": "last", "wan": "separate", "ltx-video": "separate"}
+                 "hunyuanvideo": "last", "wan": "separate", "ltx-video": "separate",
+                 "wan2.2": "separate"}
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +191,7 @@ def test_registry_names_families():
     entries = {e.name: e for e in list_backbones()}
     assert entries["hunyuanvideo"].source == "hunyuanvideo-community/HunyuanVideo"
     assert entries["wan2.1-t2v-1.3b"].source == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    assert entries["wan2.2-ti2v-5b"].source == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
     for name in ("cogvideox-2b", "cogvideox-5b", "cogvideox-5b-i2v"):
         assert name in entries
 
@@ -214,6 +219,21 @@ def test_pipeline_dir_with_missing_weights(tmp_path, kind):
         create_backbone(str(tmp_path))
     msg = str(err.value)
     assert "\n" not in msg and "transformer" in msg and "huggingface-cli download" in msg
+
+
+def test_wan_pipelines_of_both_versions_get_their_own_adapter(tmp_path):
+    """Wan 2.1 and 2.2 share the WanPipeline class; model_index.json tells them apart, and the two-expert
+    A14B layout is refused in one line instead of tracking one expert silently."""
+    for kind in ("wan", "wan2.2"):
+        save_pipeline(tiny_components(kind), tiny_pipeline_class(kind), tmp_path / kind)
+        assert type(create_backbone(str(tmp_path / kind))) is ADAPTER[kind]
+    index = tmp_path / "wan2.2" / "model_index.json"
+    layout = json.loads(index.read_text())
+    index.write_text(json.dumps({**layout, "expand_timesteps": False, "boundary_ratio": 0.875,
+                                 "transformer_2": ["diffusers", "WanTransformer3DModel"]}))
+    with pytest.raises(UserError, match="two experts") as err:
+        create_backbone(str(tmp_path / "wan2.2"))
+    assert "\n" not in str(err.value)
 
 
 def test_unsupported_pipeline_class(tmp_path):
@@ -292,13 +312,36 @@ def test_hunyuan_real_size_structure_and_geometry():
     assert geo.stride_px == (16.0, 16.0) and geo.text_position == "last"
 
 
+def test_wan22_real_size_structure_and_geometry():
+    """Wan2.2-TI2V-5B's configs on the meta device: 121 frames at 704x1280 -> 31 latent frames of 44x80
+    cells (the VAE's 2x2 patches, then 8x) -> 22x40 tokens a frame, 48 channels."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128,
+                                            in_channels=48, out_channels=48, text_dim=4096, freq_dim=256,
+                                            ffn_dim=14336, num_layers=30, cross_attn_norm=True,
+                                            qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+        vae = AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
+                               out_channels=12, patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * 48,
+                               latents_std=[1.0] * 48)
+    bb = Wan22Backbone("meta", transformer, UniPCMultistepScheduler(flow_shift=5.0), vae)
+    assert (bb.num_layers, bb.heads, bb.latent_channels) == (30, 24, 48)
+    assert (bb.temporal_compression, bb.spatial_compression, bb.patch_size) == (4, 16, 2)
+    assert bb.generation_size() == (121, 704, 1280) and bb.max_frames == 31
+    latents = torch.empty(1, 31, 48, 44, 80, device="meta")
+    geo = bb.geometry(latents, text_tokens=0, frame_size=(704, 1280))
+    assert (geo.frames, geo.grid_h, geo.grid_w, geo.num_rgb_frames) == (31, 22, 40, 121)
+    assert geo.stride_px == (32.0, 32.0) and geo.text_position == "separate"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_generation_size_is_the_trained_size_or_the_stock_pipelines_default(backbones, kind):
     bb = backbones[kind]
     cfg = bb.transformer.config
     if cfg.get("sample_frames") is None:  # HunyuanVideo and Wan record no sample size: their pipelines' defaults
         assert bb.generation_size() == {"hunyuanvideo": (129, 720, 1280), "wan": (81, 480, 832),
-                                        "ltx-video": (161, 512, 704)}[kind]
+                                        "ltx-video": (161, 512, 704), "wan2.2": (121, 704, 1280)}[kind]
         assert bb.generation_size(5, 32, 48) == (5, 32, 48)
     else:
         frames, height, width = bb.generation_size()

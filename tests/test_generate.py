@@ -247,3 +247,38 @@ def test_cogvideox_1_5_temporal_patches_generate_and_refuse_tracking_in_one_line
     tracker = DiffTracker(bb, num_steps=2, steps=[1])
     with pytest.raises(UserError, match="patch_size_t=2"):
         tracker(video, np.array([[0, 10.0, 10.0]], np.float32))
+
+
+def test_model_cpu_offload_hooks_every_model_and_changes_no_bit(tmp_path, monkeypatch):
+    """Model CPU offload wired through accelerate's hooks (run here with the CPU as execution device, the
+    only one this machine has): each model runs behind a hook, the one that runs offloads the others, the
+    text encoder loaded later gets one too, and the video is bit-identical."""
+    import difftrack
+    from difftrack.testing import save_pipeline, tiny_components, tiny_pipeline_class
+
+    save_pipeline(tiny_components("cogvideox-rope"), tiny_pipeline_class("cogvideox-rope"), tmp_path / "cog")
+    plain = difftrack.create_backbone(str(tmp_path / "cog"))
+    offloaded = difftrack.create_backbone(str(tmp_path / "cog"))
+    offloaded.enable_model_cpu_offload("cpu")
+    assert offloaded.device == torch.device("cpu")
+    assert hasattr(offloaded.transformer, "_hf_hook") and hasattr(offloaded.vae, "_hf_hook")
+    from accelerate.hooks import UserCpuOffloadHook
+
+    offloads = []
+    monkeypatch.setattr(UserCpuOffloadHook, "offload", lambda hook: offloads.append(hook.model))
+
+    def generate(bb):
+        return sample(bb, PROMPT, num_frames=9, height=32, width=32, num_steps=2, seed=3,
+                      guidance=GuidanceConfig("cfg", 6.0), output="tensor", progress=False)
+
+    video = generate(offloaded)
+    assert hasattr(offloaded.text_encoder, "_hf_hook") and len(offloaded._offload_hooks) == 3
+    assert {id(m) for m in offloads} == {id(offloaded.transformer), id(offloaded.vae), id(offloaded.text_encoder)}
+    assert torch.equal(video, generate(plain))
+
+
+def test_offload_needs_a_gpu(model_dir, tmp_path, capsys):
+    code, lines = _cli(capsys, "--model", model_dir, "--prompt", PROMPT, "--offload", "--device", "cpu",
+                       "--out", tmp_path / "v.mp4")
+    assert code == 2 and len(lines) == 1 and "--offload" in lines[0] and "--device cuda" in lines[0]
+    assert not list(tmp_path.iterdir())

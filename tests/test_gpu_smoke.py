@@ -17,5 +17,6 @@ def test_gpu_smoke_says_so_in_one_line_without_cuda_and_its_family_cases_run_on_
         assert len(out) == 1 and "no CUDA device" in out[0] and not (tmp_path / "g.json").exists()
     cases = gpu_smoke.family_cases("cogvideox-rope", tmp_path, device="cpu", dtype=torch.float32)
     assert {"track", "analyze_add", "analyze_clean", "analyze_invert", "generate_none", "generate_cfg",
-            "generate_cag", "probe_features"} == set(cases)
+            "generate_cag", "generate_cfg_offload", "probe_features"} == set(cases)
     assert all(case["repeatable"] for case in cases.values()), cases
+    assert cases["generate_cfg_offload"]["same_as_resident"]

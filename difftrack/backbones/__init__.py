@@ -39,8 +39,9 @@ class BackboneEntry:
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
-# model_index.json `_class_name` -> loader taking (path_or_id, **kw); filled by family modules.
-_PIPELINE_LOADERS: dict[str, Callable[..., Backbone]] = {}
+# model_index.json `_class_name` -> [(claims, loader)]: a loader takes (directory, **kw); ``claims(directory)``
+# tells a family apart from another saved under the same pipeline class (None: every other directory).
+_PIPELINE_LOADERS: dict[str, list[tuple[Callable[[str], bool] | None, Callable[..., Backbone]]]] = {}
 DEFAULT_BACKBONE = "tiny-video"
 DEFAULT_IMAGE_TWIN = "tiny-image"  # the default model's image twin, for video-vs-image comparisons
 
@@ -49,12 +50,14 @@ DEFAULT_IMAGE_TWIN = "tiny-image"  # the default model's image twin, for video-v
 class TinyConfig:
     """A family's tiny test configuration: the stock classes at tiny width with the checkpoints' geometry
     (latent channels aside), built offline with random weights. ``build(seed=...)`` returns the
-    pipeline's components; ``pipeline_class`` names the diffusers pipeline that saves them."""
+    pipeline's components; ``pipeline_class`` names the diffusers pipeline that saves them, with the
+    pipeline settings ``pipeline_kwargs`` (model_index.json entries that are no component)."""
 
     kind: str
     build: Callable[..., dict]
     pipeline_class: str
     backbone_class: type
+    pipeline_kwargs: dict | None = None
 
 
 _TINY_CONFIGS: dict[str, TinyConfig] = {}
@@ -85,17 +88,22 @@ def register_checkpoint(name: str, hub_id: str, loader: Callable[..., Backbone],
         lambda **kw: loader(hub_snapshot(hub_id), name=name, **kw))
 
 
-def register_pipeline_loader(*pipeline_class_names: str):
+def register_pipeline_loader(*pipeline_class_names: str, claims: Callable[[str], bool] | None = None):
+    """Register ``loader`` for directories whose model_index.json names one of ``pipeline_class_names``;
+    with ``claims``, only for those directories it accepts (tried before the class's unconditional loader)."""
+
     def wrap(loader):
         for n in pipeline_class_names:
-            _PIPELINE_LOADERS[n] = loader
+            entries = _PIPELINE_LOADERS.setdefault(n, [])
+            entries.insert(0 if claims is not None else len(entries), (claims, loader))
         return loader
 
     return wrap
 
 
-def register_tiny_config(kind: str, build: Callable[..., dict], pipeline_class: str, backbone_class: type) -> None:
-    _TINY_CONFIGS[kind] = TinyConfig(kind, build, pipeline_class, backbone_class)
+def register_tiny_config(kind: str, build: Callable[..., dict], pipeline_class: str, backbone_class: type,
+                         pipeline_kwargs: dict | None = None) -> None:
+    _TINY_CONFIGS[kind] = TinyConfig(kind, build, pipeline_class, backbone_class, pipeline_kwargs)
 
 
 def tiny_configs() -> dict[str, TinyConfig]:
@@ -122,19 +130,21 @@ def create_backbone(name_or_path: str = DEFAULT_BACKBONE, **kwargs) -> Backbone:
                             f"directory (save_pretrained output) or use one of: {', '.join(_REGISTRY)}")
         with open(index) as fh:
             cls_name = json.load(fh).get("_class_name", "")
-        return _loader_for(cls_name, name_or_path)(name_or_path, **kwargs)
+        return _loader_for(cls_name, name_or_path, name_or_path)(name_or_path, **kwargs)
     if "/" in name_or_path:
         cls_name = _hub_pipeline_class(name_or_path)
-        return _loader_for(cls_name, name_or_path)(hub_snapshot(name_or_path), **{"name": name_or_path, **kwargs})
+        where = hub_snapshot(name_or_path)
+        return _loader_for(cls_name, name_or_path, where)(where, **{"name": name_or_path, **kwargs})
     raise UserError(f"unknown model {name_or_path!r}; known: {', '.join(_REGISTRY)} "
                     f"(or a hub id like THUDM/CogVideoX-2b, or a local pipeline directory)")
 
 
-def _loader_for(cls_name: str, where: str):
-    if cls_name not in _PIPELINE_LOADERS:
-        raise UserError(f"{where} is a {cls_name or 'unknown'} pipeline; supported pipelines: "
-                        f"{', '.join(sorted(_PIPELINE_LOADERS))}")
-    return _PIPELINE_LOADERS[cls_name]
+def _loader_for(cls_name: str, name: str, directory: str):
+    for claims, loader in _PIPELINE_LOADERS.get(cls_name, ()):
+        if claims is None or claims(directory):
+            return loader
+    raise UserError(f"{name} is a {cls_name or 'unknown'} pipeline; supported pipelines: "
+                    f"{', '.join(sorted(_PIPELINE_LOADERS))}")
 
 
 def _hub_pipeline_class(repo_id: str) -> str:
@@ -226,7 +236,7 @@ def deferred_component(cls, where: str, subfolder: str, device, **kwargs) -> Def
 
 def _import_families() -> None:
     # Importing a family module registers its entries; kept lazy so `import difftrack` stays light.
-    from difftrack.backbones import cogvideox, embedded, hunyuan, ltx, wan  # noqa: F401
+    from difftrack.backbones import cogvideox, embedded, hunyuan, ltx, wan, wan22  # noqa: F401
 
 
 __all__ = ["Backbone", "Deferred", "ProcessorCall", "deferred_component", "BackboneEntry", "TinyConfig", "register_backbone", "register_checkpoint", "register_pipeline_loader",

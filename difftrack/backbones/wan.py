@@ -108,7 +108,7 @@ class WanBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
         return call.hooked["to_out_in"]
 
 
-def _classes():
+def wan_classes():
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -117,7 +117,7 @@ def _classes():
 
 
 # The stock pipeline runs the Wan VAE in float32 whatever the transformer's dtype.
-load_wan = register_pipeline_loader("WanPipeline")(component_loader(WanBackbone, _classes, float32=("vae",)))
+load_wan = register_pipeline_loader("WanPipeline")(component_loader(WanBackbone, wan_classes, float32=("vae",)))
 
 register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
                     "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")

@@ -11,6 +11,7 @@ examples:
   difftrack generate --prompts-file prompts.txt --seed 0 1 2 --guidance cag --out videos/
   difftrack generate --model THUDM/CogVideoX-2b --prompt "a cat" --guidance cag --cag-layers 13 17 21 --steps 50
   difftrack generate --model THUDM/CogVideoX-5b-I2V --image first.png --prompt "the cat walks left"
+  difftrack generate --model hunyuanvideo --prompt "a cat walks on grass" --offload   # a GPU smaller than the pipeline
 
 prompts file: one prompt per line; blank lines and lines starting with # are skipped.
 """
@@ -42,6 +43,10 @@ def add_arguments(p):
     p.add_argument("--model", default=DEFAULT_BACKBONE,
                    help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE})")
     add_device_arguments(p)
+    p.add_argument("--offload", action="store_true",
+                   help="model CPU offload (diffusers'/accelerate's): keep every model in CPU memory and move each to "
+                        "the GPU only while it runs, so that GPU memory holds the largest model instead of the "
+                        "whole pipeline (slower: weights cross the bus at every switch); needs a CUDA --device")
     p.add_argument("--guidance", choices=GUIDANCE_MODES, default="cfg",
                    help="none: conditional prediction only; cfg: classifier-free guidance; cag: CFG plus "
                         "cross-attention guidance (default cfg)")
@@ -118,7 +123,15 @@ def run(args):
     jobs = plan_outputs(args, prompts)
     image = read_image(args.image) if args.image else None
 
-    backbone = difftrack.create_backbone(args.model, **backbone_options(args))
+    options = backbone_options(args)
+    if args.offload and options["device"].type != "cuda":
+        raise UserError(f"--offload moves models between CPU memory and a GPU; it needs --device cuda "
+                        f"(got {options['device']})")
+    if args.offload:
+        backbone = difftrack.create_backbone(args.model, **{**options, "device": "cpu"})
+        backbone.enable_model_cpu_offload(options["device"])
+    else:
+        backbone = difftrack.create_backbone(args.model, **options)
     if args.guidance == "cag":
         check_cag_support(backbone)
     layers = resolve_cag_layers(args.cag_layers, args.recommendation, backbone) if args.guidance == "cag" else []
@@ -127,7 +140,7 @@ def run(args):
                               tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)
     settings = {"guidance": args.guidance, "cfg_scale": cfg_scale, "cag_scale": cag_scale, "cag_layers": layers,
                 "cag_steps": args.cag_steps, "steps": args.steps, "negative_prompt": args.negative_prompt,
-                "image": args.image,
+                "image": args.image, "offload": args.offload,
                 "model": backbone.name, "difftrack_version": difftrack.__version__}
     frames, height, width = backbone.generation_size(args.frames, args.height, args.width)
     for prompt, seed, out in jobs:
