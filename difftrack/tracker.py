@@ -118,7 +118,7 @@ class DiffTracker:
             cfg.steps = [bb.default_track_step[0]]
         check_noising(cfg.noise, cfg.steps, cfg.num_steps)
         if cfg.window is None:
-            cfg.window = bb.max_frames
+            cfg.window = bb.frame_window
         if cfg.temporal not in TEMPORAL_MODES:
             raise UserError(f"unknown temporal mode {cfg.temporal!r}; choose one of {', '.join(TEMPORAL_MODES)}")
         if cfg.noise_draws < 1 or cfg.candidates < 1 or not cfg.motion_sigma > 0:
@@ -211,8 +211,10 @@ class DiffTracker:
         (H_total, F_window * P, D)."""
         cfg, bb = self.config, self.backbone
         qs, ks = [], []
+        noise_shape = window_latents.shape
+        window_latents = bb.frames_as_tokens(window_latents)
         for draw in range(cfg.noise_draws):
-            noise = frame_noise(window_latents.shape, frames, cfg.seed, draw).to(window_latents)
+            noise = bb.frames_as_tokens(frame_noise(noise_shape, frames, cfg.seed, draw).to(window_latents))
             for step in cfg.steps:
                 x, t = prepare_latents(bb, window_latents, cfg.noise, step, cfg.num_steps, noise, self._conditioning)
                 with DescriptorCapture(bb, cfg.layers, early_exit=True) as cap:

@@ -17,14 +17,14 @@ from difftrack.backbones.wan22 import Wan22Backbone
 from difftrack.testing import TINY_KINDS, save_pipeline, tiny_backbone, tiny_components, tiny_pipeline_class
 
 KINDS = list(TINY_KINDS)
-ADAPTER = {"cogvideox-sincos": CogVideoXBackbone, "cogvideox-rope": CogVideoXBackbone,
+ADAPTER = {"cogvideox-sincos": CogVideoXBackbone, "cogvideox-rope": CogVideoXBackbone, "cogvideox-1.5": CogVideoXBackbone,
            "cogvideox-i2v": CogVideoXImageToVideoBackbone, "hunyuanvideo": HunyuanVideoBackbone, "wan": WanBackbone,
            "ltx-video": LTXVideoBackbone, "wan2.2": Wan22Backbone}
 # (temporal compression, spatial compression, patch size) of each family's checkpoints
-GEOMETRY = {"cogvideox-sincos": (4, 8, 2), "cogvideox-rope": (4, 8, 2), "cogvideox-i2v": (4, 8, 2),
+GEOMETRY = {"cogvideox-sincos": (4, 8, 2), "cogvideox-rope": (4, 8, 2), "cogvideox-1.5": (4, 8, 2), "cogvideox-i2v": (4, 8, 2),
             "hunyuanvideo": (4, 8, 2), "wan": (4, 8, 2), "ltx-video": (8, 32, 1),
             "wan2.2": (4, 16, 2)}
-TEXT_POSITION = {"cogvideox-sincos": "first", "cogvideox-rope": "first", "cogvideox-i2v": "first",
+TEXT_POSITION = {"cogvideox-sincos": "first", "cogvideox-rope": "first", "cogvideox-1.5": "first", "cogvideox-i2v": "first",
                  "hunyuanvideo": "last", "wan": "separate", "ltx-video": "separate",
                  "wan2.2": "separate"}
 
@@ -66,12 +66,13 @@ def test_geometry_values(backbones, kind):
     bb = backbones[kind]
     tc, sc, p = GEOMETRY[kind]
     assert (bb.temporal_compression, bb.spatial_compression, bb.patch_size) == (tc, sc, p)
-    frames, size = 1 + tc, 2 * sc * p  # 2 latent frames of 2x2 tokens
+    c = tc * bb.temporal_patch  # RGB frames a token frame spans (CogVideoX 1.5: two latent frames)
+    frames, size = 1 + c, 2 * sc * p  # 2 token frames of 2x2 tokens
     latents = bb.encode_video(_video(frames=frames, size=size))
     geo = bb.geometry(latents, text_tokens=7, frame_size=(size, size * 3 // 2))
     assert (geo.frames, geo.grid_h, geo.grid_w) == (2, 2, 2)
     assert geo.text_position == TEXT_POSITION[kind]
-    assert geo.temporal_compression == tc and geo.num_rgb_frames == frames
+    assert geo.temporal_compression == c and geo.num_rgb_frames == frames
     assert geo.stride_px == (size / 2, size * 3 / 4)
     assert geo.joint_tokens == 8 + (0 if TEXT_POSITION[kind] == "separate" else 7)
     per_frame = bb.encode_video(_video(frames=frames, size=size), frame_as_latent=True)
@@ -87,8 +88,10 @@ def test_encode_decode_shapes_and_frame_as_latent(backbones, kind):
     # instead of 4F - 3, so an odd count is the one every family's VAE maps back to the input length.
     video = _video(frames=1 + 2 * tc, size=2 * sc)
     latents = bb.encode_video(video)
-    assert latents.shape == (1, 3, bb.latent_channels, 2, 2)
-    decoded = bb.decode_latents(latents)
+    pad = bb.latent_frame_padding(3)  # whole temporal patches: CogVideoX 1.5 pads one frame in front
+    assert latents.shape == (1, 3 + pad, bb.latent_channels, 2, 2)
+    assert torch.equal(latents[:, :pad], latents[:, pad:pad + 1].expand(-1, pad, -1, -1, -1))
+    decoded = bb.decode_latents(latents[:, pad:])
     assert decoded.shape == video.shape and decoded.abs().max() <= 1
     per_frame = bb.encode_video(video, frame_as_latent=True)
     assert per_frame.shape == (1, 1 + 2 * tc, bb.latent_channels, 2, 2)
@@ -169,11 +172,12 @@ def test_prediction_types(backbones):
 def test_frame_count_error_names_valid_counts(backbones, kind):
     bb = backbones[kind]
     tc, sc, _ = GEOMETRY[kind]
-    frames = 2 + 2 * tc  # between 1 + 2 tc and 1 + 3 tc
+    c = tc * bb.temporal_patch
+    frames = 2 + 2 * c  # between 1 + 2 c and 1 + 3 c
     with pytest.raises(UserError) as err:
         bb.encode_video(_video(frames=frames, size=2 * sc))
     msg = str(err.value)
-    assert "\n" not in msg and str(1 + 2 * tc) in msg and str(1 + 3 * tc) in msg and "--frame-as-latent" in msg
+    assert "\n" not in msg and str(1 + 2 * c) in msg and str(1 + 3 * c) in msg and "--frame-as-latent" in msg
     assert bb.encode_video(_video(frames=frames, size=2 * sc), frame_as_latent=True).shape[1] == frames
 
 
@@ -360,20 +364,39 @@ def _known_architecture(kind):
             num_single_layers=40, num_refiner_layers=1, mlp_ratio=1.0, patch_size=2, patch_size_t=1,
             qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=16,
             rope_axes_dim=(2, 2, 4))
-    layers, heads = {"cogvideox-2b": (30, 30), "cogvideox-5b": (42, 48)}[kind]
+    if kind in ("wan2.1-t2v-1.3b", "wan2.2-ti2v-5b"):
+        from diffusers import WanTransformer3DModel
+
+        layers, heads = {"wan2.1-t2v-1.3b": (30, 12), "wan2.2-ti2v-5b": (30, 24)}[kind]
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=4,
+                                     in_channels=4, out_channels=4, text_dim=8, freq_dim=8, ffn_dim=8,
+                                     num_layers=layers, rope_max_seq_len=32)
+    if kind == "ltx-video":
+        from diffusers import LTXVideoTransformer3DModel
+
+        return LTXVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=32, attention_head_dim=2,
+                                          cross_attention_dim=64, num_layers=28, caption_channels=8)
+    layers, heads = {"cogvideox-2b": (30, 30), "cogvideox-5b": (42, 48), "cogvideox1.5-5b": (42, 48)}[kind]
     return CogVideoXTransformer3DModel(
         num_attention_heads=heads, attention_head_dim=8 if kind == "cogvideox-2b" else 4, in_channels=4, out_channels=4, time_embed_dim=8,
         text_embed_dim=8, num_layers=layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
-        max_text_seq_length=8, use_rotary_positional_embeddings=kind == "cogvideox-5b")
+        max_text_seq_length=8, use_rotary_positional_embeddings=kind != "cogvideox-2b",
+        patch_size_t=2 if kind == "cogvideox1.5-5b" else None)
 
 
 @pytest.mark.parametrize("kind, track_layers, track_step, cag_layers", [
     ("cogvideox-2b", [17], (49, 50), [13, 17, 21]),
     ("cogvideox-5b", [17], (49, 50), [15, 17, 18]),
+    ("cogvideox1.5-5b", [17], (49, 50), [15, 17, 18]),  # the 5B's blocks: the method reports no 1.5 run
     ("hunyuanvideo", [16], (29, 30), [29, 30]),  # no published CAG layers: the middle two
+    # The method reports nothing on these: the middle block at the last of 50 steps, the middle two for CAG.
+    ("wan2.1-t2v-1.3b", [15], (49, 50), [14, 15]),
+    ("wan2.2-ti2v-5b", [15], (49, 50), [14, 15]),
+    ("ltx-video", [14], (49, 50), [13, 14]),
 ])
 def test_method_defaults_come_from_the_architecture(kind, track_layers, track_step, cag_layers):
-    cls = HunyuanVideoBackbone if kind == "hunyuanvideo" else CogVideoXBackbone
+    cls = {"hunyuanvideo": HunyuanVideoBackbone, "wan2.1-t2v-1.3b": WanBackbone, "wan2.2-ti2v-5b": Wan22Backbone,
+           "ltx-video": LTXVideoBackbone}.get(kind, CogVideoXBackbone)
     template = tiny_components("hunyuanvideo" if kind == "hunyuanvideo" else "cogvideox-rope")
     # Any name: the same weights under a registry name, a hub id or a local directory get the same defaults.
     for name in (kind, "THUDM/CogVideoX-2b", "/some/local/dir"):

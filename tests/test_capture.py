@@ -79,7 +79,8 @@ def test_descriptors_reproduce_the_attention_output(backbones, kind):
         scale = desc.query.shape[-1] ** -0.5
         probs = torch.softmax(desc.query @ keys.transpose(-1, -2) * scale, dim=-1)
         recomputed = (probs @ vals).transpose(1, 2).flatten(2)
-        n_video = latents.shape[1] * (latents.shape[3] // bb.patch_size) * (latents.shape[4] // bb.patch_size)
+        token_frames = -(-latents.shape[1] // bb.temporal_patch)
+        n_video = token_frames * (latents.shape[3] // bb.patch_size) * (latents.shape[4] // bb.patch_size)
         assert desc.query.shape == desc.key.shape == (1, bb.heads, n_video, desc.query.shape[-1])
         assert desc.feature.shape == recomputed.shape
         assert (recomputed - desc.feature).abs().max().item() <= 1e-5, f"layer {layer}"

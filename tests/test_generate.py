@@ -226,27 +226,22 @@ def test_learned_positions_fix_the_size_instead_of_a_silent_swap():
             bb.predict(torch.zeros(1, 2, 4, 8, 8), torch.tensor(500.0), embeds, **extra)
 
 
-def test_cogvideox_1_5_temporal_patches_generate_and_refuse_tracking_in_one_line():
+def test_cogvideox_1_5_temporal_patches_generate_and_track():
     """patch_size_t=2 (CogVideoX 1.5): the sampler pads the latent frames to whole temporal patches and drops
-    the padding before decoding, as the stock pipeline does; tracking refuses in one line instead of an
-    IndexError."""
-    from diffusers import CogVideoXTransformer3DModel
-
-    from difftrack.backbones.cogvideox import CogVideoXBackbone
-    from difftrack.errors import UserError
-    from difftrack.testing import tiny_components
+    the padding before decoding, as the stock pipeline does; tracking gives every RGB frame a token frame of
+    its own (each frame-as-latent repeated twice), where it failed with an IndexError before."""
+    from difftrack.testing import tiny_backbone
     from difftrack.tracker import DiffTracker
 
-    c = tiny_components("cogvideox-rope")
-    config = {k: v for k, v in c["transformer"].config.items() if not k.startswith("_")}
-    transformer = CogVideoXTransformer3DModel(**{**config, "patch_size_t": 2}).eval()
-    bb = CogVideoXBackbone("tiny-1.5", transformer, c["scheduler"], c["vae"], c["text_encoder"], c["tokenizer"])
-    assert [bb.latent_frame_padding(f) for f in (3, 4, 5)] == [1, 0, 1]
+    bb = tiny_backbone("cogvideox-1.5")
+    assert bb.temporal_patch == 2 and [bb.latent_frame_padding(f) for f in (3, 4, 5)] == [1, 0, 1]
+    assert (bb.max_frames, bb.frame_window) == (3, 2)  # 9 trained RGB frames: 3 latent frames, 2 token frames
     video = sample(bb, "a red disc", num_frames=9, height=32, width=32, num_steps=2, output="uint8", progress=False)
     assert video.shape == (9, 32, 32, 3)
     tracker = DiffTracker(bb, num_steps=2, steps=[1])
-    with pytest.raises(UserError, match="patch_size_t=2"):
-        tracker(video, np.array([[0, 10.0, 10.0]], np.float32))
+    tracks, visible = tracker(video, np.array([[0, 10.0, 10.0], [5, 20.0, 12.0]], np.float32))
+    assert tracks.shape == (9, 2, 2) and visible.shape == (9, 2) and np.isfinite(tracks).all()
+    assert np.allclose(tracks[0, 0], [10, 10], atol=0.5) and np.allclose(tracks[5, 1], [20, 12], atol=0.5)
 
 
 def test_model_cpu_offload_hooks_every_model_and_changes_no_bit(tmp_path, monkeypatch):

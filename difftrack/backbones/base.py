@@ -200,8 +200,14 @@ class Backbone:
 
     @property
     def max_frames(self) -> int:
-        """Latent frames one forward takes in the model's trained setting (the tracking window)."""
+        """Latent frames one forward takes in the model's trained setting."""
         return self.trained_latent_frames
+
+    @property
+    def frame_window(self) -> int:
+        """RGB frames one forward takes when each is its own latent frame (the tracking window): one a token
+        frame, as many as the trained setting has token frames."""
+        return -(-self.max_frames // self.temporal_patch)
 
     # The method's defaults for known architectures, keyed by (attention layers, heads) of the transformer
     # config, so that a registry name, a hub id and a local directory of the same weights get the same:
@@ -307,10 +313,9 @@ class Backbone:
                  frame_as_latent: bool = False, rgb_frames: int | None = None) -> TokenGeometry:
         """Geometry of one forward on ``latents`` (B, F, C, h, w); ``frame_size`` is the input (H, W) in pixels."""
         _, frames, _, h, w = latents.shape
-        if self.temporal_patch > 1:
-            raise UserError(f"{self.name} puts {self.temporal_patch} latent frames into one token "
-                            f"(patch_size_t={self.temporal_patch}): tracking, analysis and CAG need one token frame "
-                            f"per latent frame, which difftrack does not map yet; `generate` without CAG works")
+        p_t = self.temporal_patch
+        if not frame_as_latent:  # a token frame holds p_t latent frames, the first padded as the pipeline does
+            frames = -(-frames // p_t)
         p = self.patch_size
         if h % p or w % p:
             raise UserError(f"latent size {h}x{w} is not divisible by the patch size {p}; resize the video so that "
@@ -321,7 +326,7 @@ class Backbone:
         stride = (frame_size[0] / grid_h, frame_size[1] / grid_w)
         return TokenGeometry(frames=frames, grid_h=grid_h, grid_w=grid_w, text_tokens=text_tokens,
                              text_position=self.text_position, stride_px=stride,
-                             temporal_compression=1 if frame_as_latent else self.temporal_compression,
+                             temporal_compression=1 if frame_as_latent else self.temporal_compression * p_t,
                              rgb_frames=rgb_frames)
 
     def generation_size(self, frames: int | None = None, height: int | None = None,
@@ -353,7 +358,8 @@ class Backbone:
         raise UserError(f"{self.name} is not an image-to-video model; drop --image")
 
     def check_frame_count(self, num_frames: int, frame_as_latent: bool = False) -> None:
-        c = 1 if frame_as_latent else self.temporal_compression
+        # With temporal patches a token frame spans temporal_compression * p_t RGB frames after the first.
+        c = 1 if frame_as_latent else self.temporal_compression * self.temporal_patch
         if c > 1 and (num_frames - 1) % c:
             lo = (num_frames - 1) // c * c + 1
             raise UserError(f"{self.name} compresses time {c}x and takes 1 + {c}k frames; got {num_frames}: "
@@ -365,7 +371,7 @@ class Backbone:
         """Pixels (B, T, 3, H, W) in [-1, 1] -> latents (B, F, C, h, w) as the transformer takes them.
 
         The stock video VAEs take (B, C, T, H, W); ``frame_as_latent`` encodes every RGB frame as a
-        one-frame video, so latent frame f is RGB frame f.
+        one-frame video, so latent frame f is RGB frame f (:meth:`frames_as_tokens` makes them model input).
         """
         b, t = video.shape[:2]
         video = video.to(self.vae.device, self.vae.dtype)
@@ -376,7 +382,15 @@ class Backbone:
         else:
             self.check_frame_count(t)
             lat = self.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist.mode().permute(0, 2, 1, 3, 4)
+            # Whole temporal patches, padded in front as the stock pipeline pads (with the first frame here, a
+            # real video having no noise to pad with), so that token frame j ends on latent frame 2j.
+            lat = torch.cat([lat[:, :1]] * self.latent_frame_padding(lat.shape[1]) + [lat], dim=1)
         return self.normalize_latents(lat).to(self.dtype)
+
+    def frames_as_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents with one latent frame per RGB frame (``frame_as_latent``) -> what the transformer takes so
+        that every token frame holds one of them: each repeated ``temporal_patch`` times (as is for 1)."""
+        return latents.repeat_interleave(self.temporal_patch, dim=1) if self.temporal_patch > 1 else latents
 
     @torch.no_grad()
     def encode_frames(self, video: np.ndarray, frame_as_latent: bool = False) -> torch.Tensor:

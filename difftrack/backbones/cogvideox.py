@@ -40,6 +40,12 @@ class CogVideoXBackbone(Backbone):
     def temporal_patch(self) -> int:
         return self.transformer.config.patch_size_t or 1  # CogVideoX 1.5: 2
 
+    @property
+    def max_frames(self) -> int:
+        """Latent frames of the trained videos: 13 for CogVideoX 1.0 (49 frames), 21 for 1.5 (81 frames)."""
+        frames = self.transformer.config.get("sample_frames")
+        return (frames - 1) // self.temporal_compression + 1 if frames else self.trained_latent_frames
+
     # ----- learned positions (CogVideoX-5B-I2V) -------------------------------------------------
     @property
     def learned_positions(self) -> bool:
@@ -218,14 +224,17 @@ register_checkpoint("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, CogVid
                     "CogVideoX-2B text-to-video, sin-cos positions")
 register_checkpoint("cogvideox-5b", "THUDM/CogVideoX-5b", load_cogvideox, CogVideoXBackbone,
                     "CogVideoX-5B text-to-video, 3D RoPE")
+register_checkpoint("cogvideox1.5-5b", "THUDM/CogVideoX1.5-5B", load_cogvideox, CogVideoXBackbone,
+                    "CogVideoX 1.5 5B text-to-video, 3D RoPE, tokens of 2 latent frames")
 register_checkpoint("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox_i2v, CogVideoXImageToVideoBackbone,
                     "CogVideoX-5B image-to-video, 3D RoPE")
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
-def tiny_components(rope: bool = True, i2v: bool = False, layers: int = 2, heads: int = 2,
-                    head_dim: int = 16, text_tokens: int = 8, sample: int = 8, seed: int = 0) -> dict:
-    """Components of a CogVideoX(-I2V) pipeline: 8x spatial / 4x temporal VAE, ``layers`` blocks."""
+def tiny_components(rope: bool = True, i2v: bool = False, temporal_patch: int | None = None, layers: int = 2,
+                    heads: int = 2, head_dim: int = 16, text_tokens: int = 8, sample: int = 8, seed: int = 0) -> dict:
+    """Components of a CogVideoX(-I2V) pipeline: 8x spatial / 4x temporal VAE, ``layers`` blocks; with
+    ``temporal_patch`` 2, CogVideoX 1.5's tokens of two latent frames (and its bias-free patch embedding)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
@@ -237,8 +246,8 @@ def tiny_components(rope: bool = True, i2v: bool = False, layers: int = 2, heads
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=heads, attention_head_dim=head_dim, in_channels=8 if i2v else 4, out_channels=4,
         time_embed_dim=16, text_embed_dim=32, num_layers=layers, sample_width=sample, sample_height=sample,
-        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=text_tokens,
-        use_rotary_positional_embeddings=rope)
+        sample_frames=9, patch_size=2, patch_size_t=temporal_patch, patch_bias=temporal_patch is None,
+        temporal_compression_ratio=4, max_text_seq_length=text_tokens, use_rotary_positional_embeddings=rope)
     from difftrack.text import tiny_text_stack
 
     text_encoder, tokenizer = tiny_text_stack(32, text_tokens, seed)
@@ -250,5 +259,7 @@ def tiny_components(rope: bool = True, i2v: bool = False, layers: int = 2, heads
 
 register_tiny_config("cogvideox-sincos", partial(tiny_components, rope=False), "CogVideoXPipeline", CogVideoXBackbone)
 register_tiny_config("cogvideox-rope", partial(tiny_components, rope=True), "CogVideoXPipeline", CogVideoXBackbone)
+register_tiny_config("cogvideox-1.5", partial(tiny_components, rope=True, temporal_patch=2), "CogVideoXPipeline",
+                     CogVideoXBackbone)
 register_tiny_config("cogvideox-i2v", partial(tiny_components, rope=True, i2v=True), "CogVideoXImageToVideoPipeline",
                      CogVideoXImageToVideoBackbone)

@@ -154,7 +154,7 @@ def extract_features(backbone: Backbone, video: np.ndarray, spec: FeatureSpec, p
     if per_frame and is_image_model(backbone):
         window = num_frames  # the image model's predict runs each frame as its own batch row in one call
     else:
-        window = 1 if per_frame else (spec.window or backbone.max_frames)
+        window = 1 if per_frame else (spec.window or backbone.frame_window)
 
     latents = backbone.encode_frames(video, frame_as_latent=True)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(spec.seed)).to(latents)
@@ -169,9 +169,9 @@ def extract_features(backbone: Backbone, video: np.ndarray, spec: FeatureSpec, p
     starts = range(0, num_frames, window)
     for start in tqdm(starts, desc="features", unit="forward", disable=not progress):
         frames = slice(start, min(start + window, num_frames))
-        x, t = prepare_latents(backbone, latents[:, frames], spec.noise, spec.step, spec.num_steps, noise[:, frames],
-                               (prompt, extras))
-        tokens = x.shape[1] * geometry.tokens_per_frame
+        x, t = prepare_latents(backbone, backbone.frames_as_tokens(latents[:, frames]), spec.noise, spec.step,
+                               spec.num_steps, backbone.frames_as_tokens(noise[:, frames]), (prompt, extras))
+        tokens = latents[:, frames].shape[1] * geometry.tokens_per_frame
         capture = DescriptorCapture(backbone, blocks if attention_kinds else [], features="feature" in spec.kinds)
         with capture, _BlockOutputs(backbone, blocks if "block" in spec.kinds else [], tokens, blocks[-1]) as outs:
             capture.run(backbone.predict, x, t, prompt, **extras)
