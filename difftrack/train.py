@@ -216,12 +216,8 @@ def _load_checkpoint(run_dir: Path, components, optimizer, lr_schedule, cfg):
     return state["step"], state["history"]
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train (or resume) and write the final model to ``cfg.out``; returns a summary."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-
-    from difftrack.backbones.embedded import build_components, model_config, save_components
-
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse, in one line, a configuration that cannot train (before anything is built or written)."""
     if cfg.size % 4:
         raise UserError(f"--size {cfg.size} is not a multiple of the patch size 4")
     if min(cfg.steps, cfg.batch, cfg.frames, cfg.sample_frames, cfg.layers, cfg.heads) < 1:
@@ -234,6 +230,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise UserError("--anchor-clean and --curriculum are fractions in [0, 1]")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UserError(f"--lr must be a finite number > 0, got {cfg.lr}")
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) and write the final model to ``cfg.out``; returns a summary."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from difftrack.backbones.embedded import build_components, model_config, save_components
+
+    check_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)

@@ -55,7 +55,7 @@ def _native_bfloat16() -> bool:
 
 
 def run(args):
-    from difftrack.train import TrainConfig, train
+    from difftrack.train import TrainConfig, check_config, train
 
     cfg = TrainConfig(out=args.out, run_dir=args.run_dir, steps=args.steps, batch=args.batch, frames=args.frames,
                       sample_frames=args.sample_frames,
@@ -63,6 +63,7 @@ def run(args):
                       size=args.size, lr=args.lr, warmup=args.warmup, seed=args.seed, bf16=not args.no_bf16,
                       checkpoint_minutes=args.checkpoint_minutes, aperiodic=args.aperiodic,
                       anchor_clean=args.anchor_clean, loss_weight=args.loss_weight, curriculum=args.curriculum)
+    check_config(cfg)
     if cfg.bf16 and not _native_bfloat16():
         print("warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 autocast is emulated and about "
               "10x slower (measured on an AVX2 machine: 25-30 s against 2.9 s a step in fp32); pass --no-bf16",
