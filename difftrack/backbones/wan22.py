@@ -7,7 +7,8 @@ spatial / 4x temporal compression in all, into 48 latent channels; the stock pip
 at 704x1280 (31 latent frames, 44x80 latent cells, 22x40 tokens a frame). Its pipeline sets
 ``expand_timesteps``: the timestep is given per token so that an image-conditioned first frame can sit
 at t = 0; for text-to-video every token has the same timestep, which is what the scalar timestep here
-gives. A Wan 2.2 pipeline directory is told apart from a Wan 2.1 one (same ``WanPipeline`` class) by its
+gives (the checkpoint's image-to-video mode, a clean first latent frame at t = 0, is not wired: `generate
+--image` refuses it). A Wan 2.2 pipeline directory is told apart from a Wan 2.1 one (same ``WanPipeline`` class) by its
 model_index.json. The A14B checkpoints run two transformers (high- and low-noise experts, switched at
 ``boundary_ratio``); capturing attention from two sets of layers is not supported, and loading one
 says so in one line.
@@ -74,7 +75,7 @@ def load_wan22(where, **kwargs):
 
 
 register_checkpoint("wan2.2-ti2v-5b", HUB_ID, load_wan22, Wan22Backbone,
-                    "Wan 2.2 text/image-to-video 5B, 16x16x4 VAE with 48 latent channels, text via cross-attention")
+                    "Wan 2.2 TI2V 5B as text-to-video, 16x16x4 VAE with 48 latent channels, text via cross-attention")
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoint's geometry ----------
