@@ -141,7 +141,7 @@ def test_hunyuan_prompt_trim_keeps_prediction(backbones):
     embeds, extra = bb.encode_conditioning(prompts)
     assert embeds.shape[1] == int(mask.sum(1).max()) < padded.shape[1]
     assert torch.equal(extra["pooled_projections"], pooled)
-    latents = torch.randn(2, 2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(2, 2, bb.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = bb.predict(latents, torch.tensor(700.0), padded, pooled_projections=pooled, prompt_attention_mask=mask)
         trimmed = bb.predict(latents, torch.tensor(700.0), embeds, **extra)

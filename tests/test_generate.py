@@ -221,9 +221,9 @@ def test_learned_positions_fix_the_size_instead_of_a_silent_swap():
         bb.generation_size(9, 32, 32)
     embeds, extra = bb.encode_conditioning([PROMPT])
     with torch.no_grad():
-        assert bb.predict(torch.zeros(1, 3, 4, 8, 8), torch.tensor(500.0), embeds, **extra).shape == (1, 3, 4, 8, 8)
+        assert bb.predict(torch.zeros(1, 3, 16, 8, 8), torch.tensor(500.0), embeds, **extra).shape == (1, 3, 16, 8, 8)
         with pytest.raises(UserError, match="learned positions for 3 latent frames of 8x8 only, got 2"):
-            bb.predict(torch.zeros(1, 2, 4, 8, 8), torch.tensor(500.0), embeds, **extra)
+            bb.predict(torch.zeros(1, 2, 16, 8, 8), torch.tensor(500.0), embeds, **extra)
 
 
 def test_cogvideox_1_5_temporal_patches_generate_and_track():

@@ -49,7 +49,7 @@ DEFAULT_IMAGE_TWIN = "tiny-image"  # the default model's image twin, for video-v
 @dataclass
 class TinyConfig:
     """A family's tiny test configuration: the stock classes at tiny width with the checkpoints' geometry
-    (latent channels aside), built offline with random weights. ``build(seed=...)`` returns the
+    (latent channels, VAE compression, patch sizes, scheduler), built offline with random weights. ``build(seed=...)`` returns the
     pipeline's components; ``pipeline_class`` names the diffusers pipeline that saves them, with the
     pipeline settings ``pipeline_kwargs`` (model_index.json entries that are no component)."""
 

@@ -233,18 +233,18 @@ register_checkpoint("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
 def tiny_components(rope: bool = True, i2v: bool = False, temporal_patch: int | None = None, layers: int = 2,
                     heads: int = 2, head_dim: int = 16, text_tokens: int = 8, sample: int = 8, seed: int = 0) -> dict:
-    """Components of a CogVideoX(-I2V) pipeline: 8x spatial / 4x temporal VAE, ``layers`` blocks; with
+    """Components of a CogVideoX(-I2V) pipeline: 8x spatial / 4x temporal VAE, 16 latent channels, ``layers`` blocks; with
     ``temporal_patch`` 2, CogVideoX 1.5's tokens of two latent frames (and its bias-free patch embedding)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
-    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, latent_channels=4,
+    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, latent_channels=16,
                                  down_block_types=("CogVideoXDownBlock3D",) * 4,
                                  up_block_types=("CogVideoXUpBlock3D",) * 4,
                                  block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
                                  temporal_compression_ratio=4)
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=8 if i2v else 4, out_channels=4,
+        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=32 if i2v else 16, out_channels=16,
         time_embed_dim=16, text_embed_dim=32, num_layers=layers, sample_width=sample, sample_height=sample,
         sample_frames=9, patch_size=2, patch_size_t=temporal_patch, patch_bias=temporal_patch is None,
         temporal_compression_ratio=4, max_text_seq_length=text_tokens, use_rotary_positional_embeddings=rope)

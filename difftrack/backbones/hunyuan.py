@@ -197,11 +197,12 @@ register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video, HunyuanVideoBack
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
 def tiny_components(layers: int = 1, single_layers: int = 1, heads: int = 2, head_dim: int = 16,
                     seed: int = 0) -> dict:
-    """Components of a HunyuanVideoPipeline: 8x spatial / 4x temporal VAE, dual- and single-stream blocks."""
+    """Components of a HunyuanVideoPipeline: 8x spatial / 4x temporal VAE, 16 latent channels, dual- and
+    single-stream blocks."""
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
     torch.manual_seed(seed)
-    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=16,
                                     down_block_types=("HunyuanVideoDownBlock3D",) * 4,
                                     up_block_types=("HunyuanVideoUpBlock3D",) * 4,
                                     block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
@@ -213,7 +214,7 @@ def tiny_components(layers: int = 1, single_layers: int = 1, heads: int = 2, hea
     text_encoder_2, tokenizer_2 = tiny_clip_stack(16, seed=seed)
     axis = 2 * (head_dim // 6)
     transformer = HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
+        in_channels=16, out_channels=16, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
         num_single_layers=single_layers, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
         guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=16,
         rope_axes_dim=(head_dim - 2 * axis, axis, axis))

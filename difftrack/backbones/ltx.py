@@ -145,18 +145,19 @@ register_checkpoint("ltx-video", HUB_ID, load_ltx_video, LTXVideoBackbone,
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
 def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> dict:
-    """Components of an LTXPipeline: LTX VAE (32x spatial / 8x temporal), T5 text encoder, shifted flow schedule."""
+    """Components of an LTXPipeline: LTX VAE (32x spatial / 8x temporal, 128 latent channels), T5 text encoder,
+    shifted flow schedule."""
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
 
     from difftrack.text import tiny_text_stack
 
     torch.manual_seed(seed)
-    vae = AutoencoderKLLTXVideo(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+    vae = AutoencoderKLLTXVideo(in_channels=3, out_channels=3, latent_channels=128, block_out_channels=(8, 8, 8, 8),
                                 decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
                                 decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=4, patch_size_t=1,
                                 spatio_temporal_scaling=(True, True, True, False),
                                 decoder_spatio_temporal_scaling=(True, True, True, False))
-    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+    transformer = LTXVideoTransformer3DModel(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1,
                                              num_attention_heads=heads, attention_head_dim=head_dim,
                                              cross_attention_dim=heads * head_dim, num_layers=layers, caption_channels=32)
     text_encoder, tokenizer = tiny_text_stack(32, 128, seed)

@@ -125,20 +125,21 @@ register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
 def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> dict:
-    """Components of a WanPipeline: Wan VAE (8x spatial / 4x temporal, 4 latent channels), UMT5 text encoder."""
+    """Components of a WanPipeline: Wan VAE (8x spatial / 4x temporal, 16 latent channels), UMT5 text encoder."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(seed)
     # Non-trivial statistics so that the latent normalisation is exercised.
-    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+    vae = AutoencoderKLWan(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True],
-                           latents_mean=[0.1, -0.2, 0.3, -0.4], latents_std=[1.5, 0.5, 2.0, 1.0])
+                           latents_mean=torch.linspace(-0.4, 0.4, 16).tolist(),
+                           latents_std=torch.linspace(0.5, 2.0, 16).tolist())
     from difftrack.text import TINY_WORDS, tiny_umt5, word_tokenizer
 
     tokenizer = word_tokenizer(TINY_WORDS, model_max_length=512)
     text_encoder = tiny_umt5(len(tokenizer), d_model=32, seed=seed)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4, out_channels=4,
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16, out_channels=16,
         text_dim=32, freq_dim=16, ffn_dim=32, num_layers=layers, rope_max_seq_len=32)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     return {"transformer": transformer.eval(), "vae": vae.eval(), "text_encoder": text_encoder,
