@@ -38,6 +38,7 @@ class WanBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
     trained_latent_frames = 21  # the stock pipeline's 81 RGB frames
     display_name = "Wan"
     default_max_sequence_length = 512
+    pipeline_settings: dict = {}  # WanPipeline's own settings (model_index.json entries that are no component)
 
     @property
     def layers(self):
@@ -74,7 +75,8 @@ class WanBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
             from diffusers import WanPipeline
 
             self._pipeline = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                                         transformer=self.transformer, vae=self.vae, scheduler=self.scheduler)
+                                         transformer=self.transformer, vae=self.vae, scheduler=self.scheduler,
+                                         **self.pipeline_settings)
         return self._pipeline
 
     @torch.no_grad()

@@ -31,17 +31,7 @@ class Wan22Backbone(WanBackbone):
     pipeline_default_size = (121, 704, 1280)  # the stock TI2V-5B settings
     trained_latent_frames = 31  # 121 RGB frames
     display_name = "Wan 2.2"
-
-    @property
-    def pipeline(self):
-        """A stock WanPipeline over the same component objects, for its own prompt encoding."""
-        if self._pipeline is None:
-            from diffusers import WanPipeline
-
-            self._pipeline = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                                         transformer=self.transformer, vae=self.vae, scheduler=self.scheduler,
-                                         expand_timesteps=True)
-        return self._pipeline
+    pipeline_settings = {"expand_timesteps": True}
 
 
 def _pipeline_index(directory: str) -> dict:
@@ -106,4 +96,4 @@ def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: i
             "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-register_tiny_config("wan2.2", tiny_components, "WanPipeline", Wan22Backbone, {"expand_timesteps": True})
+register_tiny_config("wan2.2", tiny_components, "WanPipeline", Wan22Backbone, Wan22Backbone.pipeline_settings)
