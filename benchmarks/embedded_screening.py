@@ -47,6 +47,8 @@ RECIPES = {
     "curriculum": ("consecutive frames only for the first half (small gaps first)", ["--curriculum", "0.5"], 1.0),
     "head-dim-64": ("4 heads x 64 channels", ["--head-dim", "64"], 2.2),
     "layers-8": ("8 blocks", ["--layers", "8"], 1.27),
+    "masked-patches": ("a quarter of the patches pure noise in half the clips (restored only by copying from "
+                       "another frame)", ["--mask-patches", "0.25"], 1.0),
 }
 
 
@@ -54,10 +56,11 @@ def recipe_steps(minutes: float, cost: float) -> int:
     return int(round(minutes * STEPS_PER_MINUTE / cost))
 
 
-def train_commands(name: str, runs: Path, minutes: float) -> dict[str, list[str]]:
+def train_commands(name: str, runs: Path, minutes: float, fp32: bool = False) -> dict[str, list[str]]:
     _, extra, cost = RECIPES[name]
     steps = recipe_steps(minutes, cost)
-    base = ["difftrack", "train-tiny", "--steps", str(steps), "--warmup", str(steps // 5), *extra]
+    base = ["difftrack", "train-tiny", "--steps", str(steps), "--warmup", str(steps // 5), *extra,
+            *(["--no-bf16"] if fp32 else [])]
     return {role: base + ["--out", str(runs / name / role), "--run-dir", str(runs / name / f"{role}-run")]
             + (["--image-twin"] if role == "twin" else []) for role in ("video", "twin")}
 
@@ -80,8 +83,8 @@ def last_quarter_loss(record: dict) -> float:
     return float(np.mean(losses[-max(1, len(losses) // 4):]))
 
 
-def score(name: str, runs: Path, clip_sets: dict, minutes: float) -> dict:
-    commands = train_commands(name, runs, minutes)
+def score(name: str, runs: Path, clip_sets: dict, minutes: float, fp32: bool) -> dict:
+    commands = train_commands(name, runs, minutes, fp32)
     video, twin = runs / name / "video", runs / name / "twin"
     qk = {}
     for set_name, clips in clip_sets.items():
@@ -145,6 +148,9 @@ def parse_args(argv) -> argparse.Namespace:
                    help="minutes of the v2 recipe per model, at one thread beside a second job (default 15)")
     p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     p.add_argument("--out", type=output_dir, default="results/embedded")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="train in fp32 (on CPUs without native bf16, where autocast is emulated and ~10x slower); "
+                        "the same steps as a bf16 screening, so compare rows only within one --out")
     return p.parse_args(argv)
 
 
@@ -161,9 +167,9 @@ def run(args: argparse.Namespace, command: str) -> None:
         if row_file.is_file():
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {name}: training", flush=True)
-        train_pair(train_commands(name, runs, args.minutes))
+        train_pair(train_commands(name, runs, args.minutes, args.no_bf16))
         print(f"[{time.strftime('%H:%M:%S')}] {name}: scoring", flush=True)
-        write_json(row_file, score(name, runs, clip_sets, args.minutes))
+        write_json(row_file, score(name, runs, clip_sets, args.minutes, args.no_bf16))
         rows = [json.loads((out / "screening" / f"{n}.json").read_text()) for n in RECIPES
                 if (out / "screening" / f"{n}.json").is_file()]
         with atomic_path(out / "screening.md") as tmp:

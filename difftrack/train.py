@@ -55,6 +55,7 @@ class TrainConfig:
     anchor_clean: float = 0.0  # fraction of clips whose first trained frame is nearly clean (s < 0.02)
     loss_weight: str = "uniform"  # or "mid": weight 4 s (1 - s), favouring mid noise over the extremes
     curriculum: float = 0.0  # fraction of the steps (the first) trained on consecutive frames only
+    mask_patches: float = 0.0  # in half the clips, this fraction of the patches of every frame is pure noise
 
 
 LOSS_WEIGHTS = ("uniform", "mid")
@@ -79,6 +80,16 @@ def noise_levels(generator, batch: int, frames: int, anchor_clean: float = 0.0) 
         anchored = torch.nonzero(torch.rand(batch, generator=generator) < anchor_clean).flatten()
         per_frame[anchored, 0] = 0.02 * torch.rand(len(anchored), generator=generator)
     return s, per_frame
+
+
+def masked_patches(generator, shape, patch: int, fraction: float) -> torch.Tensor:
+    """(B, F, 1, H, W) bool: whole patches replaced by pure noise, in half the clips. A masked patch can
+    be restored only from the same content in another frame (the image twin can only inpaint it), so the
+    loss on it rewards finding that content: cross-frame matching."""
+    b, f, _, h, w = shape
+    clips = torch.rand(b, 1, 1, 1, generator=generator) < 0.5
+    mask = clips & (torch.rand(b, f, h // patch, w // patch, generator=generator) < fraction)
+    return mask.repeat_interleave(patch, 2).repeat_interleave(patch, 3).unsqueeze(2)
 
 
 def frame_subset(cfg: TrainConfig, step: int) -> np.ndarray:
@@ -150,6 +161,8 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch
     noise = torch.randn(x0.shape, generator=g)
     sf = per_frame[:, :, None, None, None]
     xs = (1 - sf) * x0 + sf * noise
+    if cfg.mask_patches > 0:  # drawn only then, so the other recipes' noise stays bit-identical
+        xs = torch.where(masked_patches(g, x0.shape, transformer.config.patch_size, cfg.mask_patches), noise, xs)
     target = noise - x0
     ids = tokenizer(captions, padding="max_length", max_length=transformer.config.max_text_seq_length,
                     truncation=True, return_tensors="pt").input_ids
@@ -226,8 +239,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--head-dim must be even and at least 2 (rotary positions rotate channel pairs), got {cfg.head_dim}")
     if cfg.loss_weight not in LOSS_WEIGHTS:
         raise UserError(f"--loss-weight must be one of {', '.join(LOSS_WEIGHTS)}, got {cfg.loss_weight!r}")
-    if not (0 <= cfg.anchor_clean <= 1 and 0 <= cfg.curriculum <= 1):
-        raise UserError("--anchor-clean and --curriculum are fractions in [0, 1]")
+    if not (0 <= cfg.anchor_clean <= 1 and 0 <= cfg.curriculum <= 1 and 0 <= cfg.mask_patches <= 0.9):
+        raise UserError("--anchor-clean and --curriculum are fractions in [0, 1], --mask-patches in [0, 0.9]")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UserError(f"--lr must be a finite number > 0, got {cfg.lr}")
 

@@ -170,3 +170,37 @@ def test_mid_noise_weight_scales_the_loss_per_clip(tmp_path):
     torch.rand(1, generator=g)
     s = noise_levels(g, 1, 2)[0]
     torch.testing.assert_close(mid, uniform * 4 * s[0] * (1 - s[0]))
+
+
+def test_masked_patches_cover_whole_patches_in_about_half_the_clips():
+    from difftrack.train import masked_patches
+
+    mask = masked_patches(torch.Generator().manual_seed(3), (200, 4, 3, 16, 16), 4, 0.25)
+    assert mask.shape == (200, 4, 1, 16, 16)
+    patches = mask[:, :, 0].unflatten(2, (4, 4)).unflatten(4, (4, 4))  # (B, F, rows, 4, cols, 4)
+    whole = patches.all(3).all(-1)
+    assert torch.equal(whole, patches.any(3).any(-1))  # every patch all masked or all kept
+    masked_clips = mask.flatten(1).any(1).float().mean()
+    assert 0.35 < masked_clips < 0.65
+    in_masked = whole[mask.flatten(1).any(1)].float().mean()
+    assert 0.2 < in_masked < 0.3
+
+
+def test_masked_patches_are_pure_noise_in_the_input_and_change_only_the_masked_clips(monkeypatch):
+    from difftrack.backbones.embedded import build_components, model_config
+    from difftrack.train import loss_for_step, training_batch
+
+    components = build_components(model_config(layers=1, heads=2, head_dim=16, size=16, frames=2), seed=0)
+    seen = []
+    forward = components["transformer"].forward
+    monkeypatch.setattr(components["transformer"], "forward",
+                        lambda *a, **k: seen.append(k["hidden_states"].clone()) or forward(*a, **k))
+    cfg = TrainConfig(out="o", run_dir="r", steps=1, **{**TINY, "batch": 8})
+    batch = training_batch(cfg, 0)
+    loss_for_step(cfg, components, 0, batch)
+    loss_for_step(TrainConfig(out="o", run_dir="r", steps=1, mask_patches=0.5, **{**TINY, "batch": 8}),
+                  components, 0, batch)
+    plain, masked = seen
+    differs = (plain != masked).flatten(1).any(1)
+    assert 0 < differs.sum() < 8  # the noise of unmasked clips is bit-identical to the v2 recipe's
+    assert torch.equal(plain[~differs], masked[~differs])

@@ -46,6 +46,10 @@ def add_arguments(parser):
     recipe.add_argument("--curriculum", type=number(min=0, max=1), default=0.0, metavar="FRACTION",
                         help="fraction of the steps, the first, trained on consecutive frames only (small frame "
                              "gaps first; default 0)")
+    recipe.add_argument("--mask-patches", type=number(min=0, max=0.9), default=0.0,
+                        metavar="FRACTION",
+                        help="in half the clips, replace this fraction of every frame's patches by pure noise, so "
+                             "that restoring them pays only by copying from another frame (default 0)")
 
 
 def _native_bfloat16() -> bool:
@@ -62,7 +66,8 @@ def run(args):
                       image_twin=args.image_twin, layers=args.layers, heads=args.heads, head_dim=args.head_dim,
                       size=args.size, lr=args.lr, warmup=args.warmup, seed=args.seed, bf16=not args.no_bf16,
                       checkpoint_minutes=args.checkpoint_minutes, aperiodic=args.aperiodic,
-                      anchor_clean=args.anchor_clean, loss_weight=args.loss_weight, curriculum=args.curriculum)
+                      anchor_clean=args.anchor_clean, loss_weight=args.loss_weight, curriculum=args.curriculum,
+                      mask_patches=args.mask_patches)
     check_config(cfg)
     if cfg.bf16 and not _native_bfloat16():
         print("warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 autocast is emulated and about "
