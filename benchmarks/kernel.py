@@ -21,6 +21,7 @@ call minus the RSS just before it, with inputs, imports and a tiny warm-up call 
 
     python benchmarks/kernel.py                 # 2B and 5B shapes -> benchmarks/results/kernel.json
     python benchmarks/kernel.py --quick --out /tmp/kernel.json
+    python benchmarks/kernel.py --profile --out benchmarks/results/kernel_profile.json   # where the time goes
 """
 
 from __future__ import annotations
@@ -148,6 +149,27 @@ def run_case(shape_name: str, case: str, repeats: int) -> dict:
     }
 
 
+def profile_fused(shape_name: str) -> dict:
+    """Self CPU time of every operator inside one fused call at one thread (torch.profiler), next to the floor."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(1)
+    shape = SHAPES[shape_name]
+    inputs = make_inputs(shape)
+    fused, floor = (case_function(case, shape, *inputs) for case in ("fused", FLOOR))
+    fused(), floor()
+    start = time.process_time()
+    floor()
+    floor_cpu = time.process_time() - start
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fused()
+    ops = sorted(((e.key, e.self_cpu_time_total / 1e6, e.count) for e in prof.key_averages()), key=lambda o: -o[1])
+    total = sum(seconds for _, seconds, _ in ops)
+    return {"floor_cpu_s": floor_cpu, "fused_profiled_cpu_s": total,
+            "ops": [{"op": name, "self_cpu_s": seconds, "share": seconds / total, "calls": calls}
+                    for name, seconds, calls in ops if seconds >= 0.002 * total]}
+
+
 def main(argv=None):
     from difftrack.options import integer, output_file
 
@@ -162,6 +184,9 @@ def main(argv=None):
     p.add_argument("--threads", nargs="+", type=integer(min=1), default=None,
                    help="torch intra-op thread counts to measure at (default: 1 and the machine's CPU count)")
     p.add_argument("--out", type=output_file(".json"), default=str(Path(__file__).parent / "results" / "kernel.json"))
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: each shape's fused call under torch.profiler at one thread, operators by "
+                        "self CPU time, next to the floor's CPU time")
     p.add_argument("--worker", nargs=3, metavar=("SHAPE", "CASE", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -175,6 +200,17 @@ def main(argv=None):
     from difftrack.io import write_json
 
     shapes = ["quick"] if args.quick else (args.shapes or ["cogvideox-2b", "cogvideox-5b"])
+    if args.profile:
+        command = " ".join(["python", "benchmarks/kernel.py", *(sys.argv[1:] if argv is None else argv)])
+        report = {"command": command, "loadavg_before": os.getloadavg(),
+                  "profiles": {name: profile_fused(name) for name in tqdm(shapes, desc="profiling")},
+                  "loadavg_after": os.getloadavg()}
+        write_json(args.out, report)
+        for name, prof in report["profiles"].items():
+            print(f"{name}: floor {prof['floor_cpu_s']:.2f} CPU-s, fused (profiled) {prof['fused_profiled_cpu_s']:.2f}")
+            for op in prof["ops"][:8]:
+                print(f"  {op['op']:32s} {op['self_cpu_s']:7.3f} s  {100 * op['share']:5.1f} %  x{op['calls']}")
+        return 0
     machine_threads = os.cpu_count() or 1
     thread_counts = args.threads or sorted({1, machine_threads})
     jobs = [(s, t, c) for s in shapes for t in thread_counts for c in CASES if c != "dense"]
