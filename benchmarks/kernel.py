@@ -199,9 +199,9 @@ def main(argv=None):
 
     from difftrack.io import write_json
 
+    command = " ".join(["python", "benchmarks/kernel.py", *(sys.argv[1:] if argv is None else argv)])
     shapes = ["quick"] if args.quick else (args.shapes or ["cogvideox-2b", "cogvideox-5b"])
     if args.profile:
-        command = " ".join(["python", "benchmarks/kernel.py", *(sys.argv[1:] if argv is None else argv)])
         report = {"command": command, "loadavg_before": os.getloadavg(),
                   "profiles": {name: profile_fused(name) for name in tqdm(shapes, desc="profiling")},
                   "loadavg_after": os.getloadavg()}
@@ -219,7 +219,7 @@ def main(argv=None):
     results = {s: {"shape": SHAPES[s], "threads": {str(t): {"cases": {}, "summary": {}} for t in thread_counts}}
                for s in shapes}
     report = {
-        "command": " ".join(["python", "benchmarks/kernel.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command,
         "targets": {f"fused_over_{FLOOR}_cpu": TARGET_TIME_RATIO, "fused_extra_peak_mb": TARGET_EXTRA_MB},
         "memory_method": "extra peak = getrusage ru_maxrss after the first call minus RSS just before it, in a fresh "
                          "subprocess per case with inputs and a warm-up call already resident; peak_exact is false "

@@ -186,7 +186,7 @@ def test_masked_patches_cover_whole_patches_in_about_half_the_clips():
     assert 0.2 < in_masked < 0.3
 
 
-def test_masked_patches_are_pure_noise_in_the_input_and_change_only_the_masked_clips(monkeypatch):
+def test_masked_patches_change_the_input_of_some_clips_and_leave_the_others_bit_identical(monkeypatch):
     from difftrack.backbones.embedded import build_components, model_config
     from difftrack.train import loss_for_step, training_batch
 
