@@ -156,18 +156,26 @@ def add_device_arguments(parser) -> None:
                              "keeps in float32 stay so")
 
 
+def torch_device(name: str | None):
+    """The torch device a --device value names (None: cuda when available, else cpu), refused in one line
+    when it is malformed, not cpu or cuda, or asks for a GPU this torch build does not see."""
+    import torch
+
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asks for CUDA, but this torch build sees no GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: difftrack runs on cpu or cuda")
+    return device
+
+
 def backbone_options(args) -> dict:
     """``create_backbone`` keyword arguments (device, dtype) from --device / --dtype and what this machine has."""
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device} asks for CUDA, but this torch build sees no GPU; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {args.device}: difftrack runs on cpu or cuda")
+    device = torch_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     return {"device": device, "dtype": getattr(torch, dtype)}

@@ -50,6 +50,8 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True
     checkpoint_minutes: float = 4.0
+    device: str = "cpu"  # where the model trains; clips are rendered and noise is drawn on the CPU either way
+    workers: int = 1  # background processes rendering clips ahead (a GPU step outruns one)
     # Recipe axes of the screening study (benchmarks/embedded_screening.py); the defaults are the v2 recipe.
     aperiodic: bool = False  # walls and sprites only speckled or photographic
     anchor_clean: float = 0.0  # fraction of clips whose first trained frame is nearly clean (s < 0.02)
@@ -133,7 +135,8 @@ class _StepBatches(torch.utils.data.Dataset):
 
 
 def prefetched_batches(cfg: TrainConfig, start: int):
-    return iter(torch.utils.data.DataLoader(_StepBatches(cfg, start), batch_size=None, num_workers=1,
+    # A DataLoader hands batches back in index order whatever the number of workers: the steps stay in order.
+    return iter(torch.utils.data.DataLoader(_StepBatches(cfg, start), batch_size=None, num_workers=cfg.workers,
                                             prefetch_factor=4))
 
 
@@ -152,6 +155,7 @@ def rotary_embedding(cfg: TrainConfig, grid: int, head_dim: int, frames: np.ndar
 def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch.Tensor:
     transformer, text_encoder, tokenizer = components["transformer"], components["text_encoder"], components["tokenizer"]
     x0, captions, frames = batch
+    device = transformer.device
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # the text encoder's dropout: same masks after a resume
     b, f = x0.shape[:2]
@@ -163,13 +167,14 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch
     xs = (1 - sf) * x0 + sf * noise
     if cfg.mask_patches > 0:  # drawn only then, so the other recipes' noise stays bit-identical
         xs = torch.where(masked_patches(g, x0.shape, transformer.config.patch_size, cfg.mask_patches), noise, xs)
-    target = noise - x0
+    # The noise is drawn on the CPU, so a run gives the same draws on every device.
+    xs, target = xs.to(device, non_blocking=True), (noise - x0).to(device, non_blocking=True)
     ids = tokenizer(captions, padding="max_length", max_length=transformer.config.max_text_seq_length,
-                    truncation=True, return_tensors="pt").input_ids
-    timestep = s * 1000
-    rope = rotary_embedding(cfg, cfg.size // transformer.config.patch_size, transformer.config.attention_head_dim,
-                            np.asarray(frames))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    timestep = (s * 1000).to(device)
+    rope = tuple(t.to(device) for t in rotary_embedding(cfg, cfg.size // transformer.config.patch_size,
+                                                        transformer.config.attention_head_dim, np.asarray(frames)))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         text = text_encoder(ids)[0]
         if cfg.image_twin:  # every frame its own sample
             xs = xs.reshape(b * f, 1, *xs.shape[2:])
@@ -179,7 +184,7 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch
                            return_dict=False)[0]
     error = (pred.float().reshape(target.shape) - target).square().flatten(1).mean(1)
     weight = 4 * s * (1 - s) if cfg.loss_weight == "mid" else torch.ones_like(s)
-    return (weight * error).mean()
+    return (weight.to(device) * error).mean()
 
 
 def _save_checkpoint(run_dir: Path, components, optimizer, lr_schedule, step, history, cfg) -> None:
@@ -213,7 +218,7 @@ def _load_checkpoint(run_dir: Path, components, optimizer, lr_schedule, cfg):
     ckpt = run_dir / "checkpoint"
     state = json.loads((ckpt / "state.json").read_text())
     # --steps may change between invocations: a run can be extended, or finished at its last checkpoint.
-    free = ("out", "run_dir", "checkpoint_minutes", "steps")
+    free = ("out", "run_dir", "checkpoint_minutes", "steps", "device", "workers")
     # Checkpoints written before a recipe axis existed hold its default.
     saved = {k: v for k, v in {**asdict(TrainConfig("", "")), **state["config"]}.items() if k not in free}
     now = {k: v for k, v in asdict(cfg).items() if k not in free}
@@ -223,7 +228,7 @@ def _load_checkpoint(run_dir: Path, components, optimizer, lr_schedule, cfg):
                         f"choose another --run-dir")
     components["transformer"].load_state_dict(load_file(ckpt / "transformer" / "diffusion_pytorch_model.safetensors"))
     components["text_encoder"].load_state_dict(load_file(ckpt / "text_encoder" / "model.safetensors"), strict=False)
-    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=cfg.device)
     optimizer.load_state_dict(opt["optimizer"])
     lr_schedule.load_state_dict(opt["lr_schedule"])
     return state["step"], state["history"]
@@ -233,8 +238,8 @@ def check_config(cfg: TrainConfig) -> None:
     """Refuse, in one line, a configuration that cannot train (before anything is built or written)."""
     if cfg.size % 4:
         raise UserError(f"--size {cfg.size} is not a multiple of the patch size 4")
-    if min(cfg.steps, cfg.batch, cfg.frames, cfg.sample_frames, cfg.layers, cfg.heads) < 1:
-        raise UserError("--steps, --batch, --frames, --sample-frames, --layers and --heads must be positive")
+    if min(cfg.steps, cfg.batch, cfg.frames, cfg.sample_frames, cfg.layers, cfg.heads, cfg.workers) < 1:
+        raise UserError("--steps, --batch, --frames, --sample-frames, --layers, --heads and --workers must be positive")
     if cfg.head_dim < 2 or cfg.head_dim % 2:
         raise UserError(f"--head-dim must be even and at least 2 (rotary positions rotate channel pairs), got {cfg.head_dim}")
     if cfg.loss_weight not in LOSS_WEIGHTS:
@@ -256,6 +261,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)
     components = build_components(mcfg, seed=cfg.seed)
+    for name in ("transformer", "text_encoder"):
+        components[name].to(cfg.device)
     params = list(components["transformer"].parameters()) + list(components["text_encoder"].parameters())
     for m in (components["transformer"], components["text_encoder"]):
         m.train().requires_grad_(True)
