@@ -143,6 +143,7 @@ def sample_descriptors(desc: torch.Tensor, points_tok: torch.Tensor, grid: tuple
     h, w = grid
     heads, _, dim = desc.shape
     maps = desc.reshape(heads, h, w, dim).permute(0, 3, 1, 2).float()
+    points_tok = points_tok.to(maps.device)  # query points may come from the CPU (analysis) or the GPU (tracker)
     norm = torch.stack([points_tok[:, 0] / w * 2 - 1, points_tok[:, 1] / h * 2 - 1], dim=-1).float()
     out = F.grid_sample(maps, norm.view(1, 1, -1, 2).expand(heads, -1, -1, -1), mode="bilinear",
                         padding_mode="border", align_corners=False)  # token centres at j + 0.5

@@ -129,6 +129,9 @@ TRAIN = [
     (["train-tiny", "--out", "{out}/m", "--run-dir", "{ro}/r"], "cannot write in"),
     (["train-tiny", "--out", "{file}/m", "--run-dir", "{out}/r"], "is a file, not a directory"),
     (["train-tiny", "--run-dir", "{out}/r"], "--out"),
+    (["train-tiny", "--out", "{out}/m", "--run-dir", "{out}/r", "--device", "gpu0"], "is not a torch device"),
+    (["train-tiny", "--out", "{out}/m", "--run-dir", "{out}/r", "--device", "meta"], "runs on cpu or cuda"),
+    (["train-tiny", "--out", "{out}/m", "--run-dir", "{out}/r", "--workers", "0"], "--workers: must be an integer"),
 ]
 
 SYNTH = [

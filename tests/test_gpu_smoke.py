@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -20,3 +21,15 @@ def test_gpu_smoke_says_so_in_one_line_without_cuda_and_its_family_cases_run_on_
             "generate_cag", "generate_cfg_offload", "probe_features"} == set(cases)
     assert all(case["repeatable"] for case in cases.values()), cases
     assert cases["generate_cfg_offload"]["same_as_resident"]
+
+
+def test_metrics_that_are_nan_in_both_runs_count_as_repeatable(tmp_path):
+    """LTX-Video's tiny analysis has metrics with nothing to count (NaN): the same NaN twice is the same result."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
+    gpu_smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_smoke)
+    assert gpu_smoke._same((np.array([1.0, np.nan]),), (np.array([1.0, np.nan]),))
+    assert not gpu_smoke._same((np.array([1.0, np.nan]),), (np.array([2.0, np.nan]),))
+    cases = gpu_smoke.family_cases("ltx-video", tmp_path, device="cpu", dtype=torch.float32)
+    assert all(case.get("repeatable") for case in cases.values()), cases

@@ -85,6 +85,25 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert [h["step"] for h in history] == [1, 2, 3]
 
 
+def test_more_render_workers_give_the_same_weights(tmp_path):
+    """Batches are a pure function of the step and come back in step order whatever the number of workers."""
+    for workers in (1, 3):
+        train(TrainConfig(out=str(tmp_path / f"w{workers}"), run_dir=str(tmp_path / f"r{workers}"), steps=4,
+                          workers=workers, **{**TINY, "batch": 2}), progress=False)
+    a, b = _weights(tmp_path / "w1"), _weights(tmp_path / "w3")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_a_checkpoint_resumes_with_other_workers_and_device_options(tmp_path):
+    """--device and --workers say where a run trains, not what it learns: changing them is no new run."""
+    train(TrainConfig(out=str(tmp_path / "a"), run_dir=str(tmp_path / "r"), steps=1, **TINY), progress=False)
+    train(TrainConfig(out=str(tmp_path / "a"), run_dir=str(tmp_path / "r"), steps=2, workers=2, device="cpu", **TINY),
+          progress=False)
+    history = json.loads((tmp_path / "a" / "training.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1, 2]
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     train(TrainConfig(out=str(tmp_path / "a"), run_dir=str(tmp_path / "r"), steps=1, **TINY), progress=False)
     with pytest.raises(UserError, match="different run"):

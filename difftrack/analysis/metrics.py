@@ -140,10 +140,10 @@ class StepReducer:
             feat = desc.feature[0].unsqueeze(0)  # one "head" of width H * D
             fm = match(self._frame_queries(feat), feat, grid, 0, window=self.window,
                        backend=self.backend)
-            feat_xy = fm.refined.float().numpy()
-        return Reduction(qk_xy=qk.refined.float().numpy(), feat_xy=feat_xy, max_text=qk.max_text.float().numpy(),
-                         max_frames=qk.max_frames.float().numpy(), mass_text=qk.mass_text.float().numpy(),
-                         mass_frames=qk.mass_frames.float().numpy())
+            feat_xy = _numpy(fm.refined)
+        return Reduction(qk_xy=_numpy(qk.refined), feat_xy=feat_xy, max_text=_numpy(qk.max_text),
+                         max_frames=_numpy(qk.max_frames), mass_text=_numpy(qk.mass_text),
+                         mass_frames=_numpy(qk.mass_frames))
 
     @torch.no_grad()
     def figure_arrays(self, desc: Descriptors) -> dict[str, np.ndarray]:
@@ -159,14 +159,14 @@ class StepReducer:
             for f in self.figure_frames:
                 logits = torch.einsum("hnd,hpd->hnp", pts, k[:, f * p:(f + 1) * p]) / math.sqrt(q.shape[-1])
                 maps.append(logits.softmax(-1).mean(0).reshape(-1, g.grid_h, g.grid_w))
-            out["attention_maps"] = torch.stack(maps, 1).numpy()  # (n, frames, gh, gw)
+            out["attention_maps"] = _numpy(torch.stack(maps, 1))  # (n, frames, gh, gw)
         for name, d in (("q", q), ("k", k)):
             tokens = torch.cat([d[:, f * p:(f + 1) * p] for f in self.figure_frames], 1)  # (H, n_f * P, D)
             flat = tokens.permute(1, 0, 2).reshape(tokens.shape[1], -1)
             flat = flat - flat.mean(0, keepdim=True)
             _, _, v = torch.linalg.svd(flat, full_matrices=False)
             comps = flat @ v[:3].T
-            out[f"pca_{name}"] = comps.reshape(len(self.figure_frames), g.grid_h, g.grid_w, -1).numpy()
+            out[f"pca_{name}"] = _numpy(comps.reshape(len(self.figure_frames), g.grid_h, g.grid_w, -1))
         return out
 
 
@@ -203,6 +203,11 @@ def score_reduction(red: Reduction, geometry: TokenGeometry, tracks: np.ndarray,
     out["attn_own"] = float(red.mass_frames[:, 0].mean())
     out["attn_cross"] = float(red.mass_frames[:, other].sum(1).mean())
     return out
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """float32 numpy copy of a tensor on any device (reductions are kept on the CPU)."""
+    return t.detach().float().cpu().numpy()
 
 
 def _mean(hit: np.ndarray, mask: np.ndarray) -> float:
