@@ -20,7 +20,7 @@ def test_gpu_smoke_says_so_in_one_line_without_cuda_and_its_family_cases_run_on_
     assert {"track", "analyze_add", "analyze_clean", "analyze_invert", "generate_none", "generate_cfg",
             "generate_cag", "generate_cfg_offload", "probe_features"} == set(cases)
     assert all(case["repeatable"] for case in cases.values()), cases
-    assert cases["generate_cfg_offload"]["same_as_resident"]
+    assert cases["generate_cfg_offload"]["same_as_resident"] and cases["generate_cfg_offload"]["max_abs_diff_vs_resident"] == 0
 
 
 def test_metrics_that_are_nan_in_both_runs_count_as_repeatable(tmp_path):

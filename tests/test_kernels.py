@@ -163,6 +163,21 @@ def test_chunking_over_points_and_heads_changes_nothing():
         torch.testing.assert_close(getattr(small, name), getattr(match_torch(*bf16), name), msg=name)
 
 
+def test_a_point_gets_the_same_bits_alone_or_among_others():
+    """The tracker promises that a query's result does not depend on the other queries; BLAS multiplies a
+    lone row by another kernel than a block of rows (MKL on AVX-512 sums it in another order). Checked as
+    the tracker calls the kernel: both directions, candidates, no text."""
+    query, key, _, (all_queries, source_index) = make_inputs(heads=4, points=5, dim=32, grid=(6, 7), frames=3,
+                                                              spread=3.0)
+    together = match_torch(query, key, 6, 7, 1, None, 0.2, 0, (all_queries, source_index), candidates=8)
+    for point in range(5):
+        alone = match_torch(query[:, point:point + 1], key, 6, 7, 1, None, 0.2, 0,
+                            (all_queries, source_index[point:point + 1]), candidates=8)
+        for name in ("argmax", "peak", "refined", "mass_frames", "max_frames", "candidate_index", "candidate_cost",
+                     "candidate_refined"):
+            assert torch.equal(getattr(alone, name), getattr(together, name)[point:point + 1]), (point, name)
+
+
 def test_large_logits_stay_finite():
     query, key, text_key, reverse = make_inputs(spread=30.0, seed=2)
     result = match(query, key, (3, 5), 0, text_key=text_key, reverse=reverse)

@@ -374,7 +374,9 @@ class Backbone:
         one-frame video, so latent frame f is RGB frame f (:meth:`frames_as_tokens` makes them model input).
         """
         b, t = video.shape[:2]
-        video = video.to(self.vae.device, self.vae.dtype)
+        # self.device, not the VAE's: under model CPU offload the VAE waits on the CPU until its hook moves it
+        # (and only it, not its input) to the execution device.
+        video = video.to(self.device, self.vae.dtype)
         if frame_as_latent:
             frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
             lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)

@@ -45,6 +45,17 @@ def chunk_sizes(heads: int, points: int, video: int, dim: int, dtype: torch.dtyp
     return head_chunk, query_chunk
 
 
+def _row_products(rows: torch.Tensor, columns: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.bmm(rows, columns) whose every row is the same bits whatever the number of rows. BLAS libraries
+    (MKL on AVX-512 machines, for one) multiply a single row as a matrix-vector product, whose sums round
+    differently from a row of a matrix product; a lone row is paired with a copy of itself, so a point's
+    scores do not depend on how many points are matched with it."""
+    if rows.shape[1] != 1:
+        return torch.bmm(rows, columns, out=out)
+    doubled = torch.bmm(rows.repeat(1, 2, 1), columns)[:, :1]
+    return doubled if out is None else out.copy_(doubled)
+
+
 def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_budget=DEFAULT_MEMORY_BUDGET,
                  head_chunk=1):
     """Head-averaged C[j -> s] at the query points: (N, T) with T = F * P target tokens.
@@ -132,7 +143,7 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
             h1 = min(h0 + head_chunk, heads)
             chunk_heads = h1 - h0
             exp_logits = exp_buffer[:chunk_heads * count * video].view(chunk_heads, count, video)
-            torch.bmm(q[h0:h1], key[h0:h1].to(dtype).transpose(1, 2), out=exp_logits)
+            _row_products(q[h0:h1], key[h0:h1].to(dtype).transpose(1, 2), out=exp_logits)
             per_frame = exp_logits.view(chunk_heads, count, frames, tokens)
             first_logit = per_frame[..., 0].clone()
             # The stock softmax kernel does max, exp and sum row by row in cache, with a faster exp than
@@ -143,7 +154,7 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
             frame_lse = _frame_logsumexp(first_logit, per_frame[..., 0], q[h0:h1], key[h0:h1], tokens, dtype)
             text_max = text_sum = text_exp = None
             if text_keys is not None:
-                text_exp = torch.bmm(q[h0:h1], text_keys[h0:h1].transpose(1, 2))
+                text_exp = _row_products(q[h0:h1], text_keys[h0:h1].transpose(1, 2))
                 text_max = text_exp.amax(-1)
                 text_exp.sub_(text_max.unsqueeze(-1)).exp_()
                 text_sum = text_exp.sum(-1)
