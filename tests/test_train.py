@@ -87,10 +87,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_more_render_workers_give_the_same_weights(tmp_path):
     """Batches are a pure function of the step and come back in step order whatever the number of workers."""
-    for workers in (1, 3):
+    for workers in (1, 2):
         train(TrainConfig(out=str(tmp_path / f"w{workers}"), run_dir=str(tmp_path / f"r{workers}"), steps=4,
                           workers=workers, **{**TINY, "batch": 2}), progress=False)
-    a, b = _weights(tmp_path / "w1"), _weights(tmp_path / "w3")
+    a, b = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
