@@ -11,7 +11,8 @@ have some frames cleaner than the clip's noise level, and a quarter have one nea
 ``frames`` frames (sorted, at their own temporal RoPE positions): the model sees frame gaps of 1 to
 ``frames - 1`` and every position it meets at inference, while attention, which dominates the cost,
 runs over fewer tokens. The image twin gets exactly the same frames, noise and optimiser, but every
-frame is its own sample, so it never sees another frame. Clips are rendered in a background worker.
+frame is its own sample, so it never sees another frame. Clips are rendered ahead by background workers
+(``workers``), and clips and noise come from the CPU whatever ``device`` the model trains on.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch
     if cfg.mask_patches > 0:  # drawn only then, so the other recipes' noise stays bit-identical
         xs = torch.where(masked_patches(g, x0.shape, transformer.config.patch_size, cfg.mask_patches), noise, xs)
     # The noise is drawn on the CPU, so a run gives the same draws on every device.
-    xs, target = xs.to(device, non_blocking=True), (noise - x0).to(device, non_blocking=True)
+    xs, target = xs.to(device), (noise - x0).to(device)
     ids = tokenizer(captions, padding="max_length", max_length=transformer.config.max_text_seq_length,
                     truncation=True, return_tensors="pt").input_ids.to(device)
     timestep = (s * 1000).to(device)
