@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, prepared ahead, as the device tool runs it (one command of at most 10 minutes):
 #
+#   0. benchmarks/train_step_profile.py: the operators of a training step at the recipes' batch, video and twin.
 #   1. The embedded v3 candidates: for each recipe below, the video model and its image twin, all four side by
 #      side on the one GPU (the models are tiny; rendering clips on the CPU cores is what bounds them). Their
 #      --steps come from a short calibration of the same four commands, so that training ends within
@@ -12,9 +13,11 @@
 # Everything is fitted inside SESSION_SECONDS from the start (training is shortened, never the smoke run).
 #
 # usage: bash benchmarks/gpu_session.sh OUT_DIR [TRAIN_SECONDS] [SESSION_SECONDS]
-# Writes OUT_DIR/{session.log, session.json, gpu_smoke.json} and one OUT_DIR/<run>.tar per trained model (the
+# Writes OUT_DIR/{session.log, step_profile.json, step_profile-twin.json, gpu_smoke.json} and one
+# OUT_DIR/<run>.tar per trained model (the
 # model directory with its training.json; <run>-partial.tar holds the last checkpoint of a run cut short).
-# TRAIN_ARGS (environment) replaces the shared training options, e.g. for a dry run of this script on a CPU.
+# At most 8 files, as the device tool sends back. TRAIN_ARGS (environment) replaces the shared training options
+# (device, batch, frames), e.g. for a dry run of this script on a CPU.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_session.sh OUT_DIR [TRAIN_SECONDS] [SESSION_SECONDS]}
 train_seconds=${2:-330}
@@ -24,9 +27,14 @@ mkdir -p "$out"
 work=$(mktemp -d)
 log="$out/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# One CPU thread a training process: four processes with a thread pool of one thread a core each, next to the
+# render workers, spend their time waiting on each other (on 2 cores, four tiny runs side by side took 26-33 s
+# with torch's default threads and 3.5-3.8 s with one thread each; see results/embedded/gpu-v3/README.md).
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 cores=$(nproc)
 
-read -ra common <<<"${TRAIN_ARGS:---device cuda --batch 32 --sample-frames 8 --checkpoint-minutes 1}"
+read -ra step_args <<<"${TRAIN_ARGS:---device cuda --batch 32 --sample-frames 8}"
+common=("${step_args[@]}" --checkpoint-minutes 1)
 recipe_names=(v3-plain v3-masked)
 declare -A recipes=([v3-plain]="" [v3-masked]="--mask-patches 0.25 --anchor-clean 0.25")
 runs=()
@@ -57,6 +65,11 @@ train_all() {  # steps root time-limit: the four runs side by side; fails if any
 echo "$(date +%T) start: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)," \
      "$cores cores, torch/diffusers/transformers $(python3 -c 'import torch, diffusers, transformers
 print(torch.__version__, diffusers.__version__, transformers.__version__)' 2>&1)" >>"$log"
+# Where a step's time goes, before anything is trained (the first lease found 0.3-0.4 s a step unexplained).
+for twin in "" --image-twin; do
+    timeout 120 python3 benchmarks/train_step_profile.py "${step_args[@]}" $twin \
+        --out "$out/step_profile${twin:+-twin}.json" >>"$log" 2>&1 || echo "step profile exit $?" >>"$log"
+done
 mkdir -p "$work/calibration" "$work/runs"
 steps=0
 if train_all 40 "$work/calibration" 150; then
@@ -91,9 +104,6 @@ for run in "${runs[@]}"; do
         tar -C "$work/runs" -cf "$out/$run-partial.tar" "$run-ckpt/checkpoint"
     fi
 done
-python3 -c 'import json, sys; json.dump(dict(steps=int(sys.argv[2]), workers_per_run=int(sys.argv[3]),
-train_seconds_budget=float(sys.argv[4]), recipes=sys.argv[5:]), open(sys.argv[1], "w"))' \
-    "$out/session.json" "$steps" "$workers" "$train_seconds" "${recipe_names[@]}"
 echo "$(date +%T) smoke run, $(left) s left" >>"$log"
 timeout $(( $(left) > 20 ? $(left) - 5 : 15 )) python3 benchmarks/gpu_smoke.py --out "$out/gpu_smoke.json" >>"$log" 2>&1 \
     || echo "gpu_smoke exit $?" >>"$log"

@@ -259,24 +259,39 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be a finite number > 0, got {cfg.lr}")
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train (or resume) and write the final model to ``cfg.out``; returns a summary."""
+def fresh_training(cfg: TrainConfig):
+    """(components, parameters, optimiser, learning-rate schedule) of a run at step 0, on ``cfg.device``."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
-    from difftrack.backbones.embedded import build_components, model_config, save_components
+    from difftrack.backbones.embedded import build_components, model_config
+
+    mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)
+    components = build_components(mcfg, seed=cfg.seed)
+    for name in ("transformer", "text_encoder"):
+        components[name].to(cfg.device).train().requires_grad_(True)
+    params = list(components["transformer"].parameters()) + list(components["text_encoder"].parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    return components, params, optimizer, get_cosine_schedule_with_warmup(optimizer, cfg.warmup, cfg.steps)
+
+
+def optimizer_step(cfg: TrainConfig, components: dict, params: list, optimizer, step: int, batch) -> torch.Tensor:
+    """One step of training on ``batch`` (the batch of ``step``); returns the loss."""
+    loss = loss_for_step(cfg, components, step, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return loss
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) and write the final model to ``cfg.out``; returns a summary."""
+    from difftrack.backbones.embedded import save_components
 
     check_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)
-    components = build_components(mcfg, seed=cfg.seed)
-    for name in ("transformer", "text_encoder"):
-        components[name].to(cfg.device)
-    params = list(components["transformer"].parameters()) + list(components["text_encoder"].parameters())
-    for m in (components["transformer"], components["text_encoder"]):
-        m.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup, cfg.steps)
+    components, params, optimizer, lr_schedule = fresh_training(cfg)
     step, history = 0, []
     if (run_dir / "checkpoint" / "state.json").is_file():
         step, history = _load_checkpoint(run_dir, components, optimizer, lr_schedule, cfg)
@@ -287,11 +302,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                disable=not progress, mininterval=5)
     batches = prefetched_batches(cfg, step) if step < cfg.steps else iter(())
     while step < cfg.steps:
-        loss = loss_for_step(cfg, components, step, next(batches))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        loss = optimizer_step(cfg, components, params, optimizer, step, next(batches))
         lr_schedule.step()
         step += 1
         history.append({"step": step, "loss": loss.item(), "wall": wall_before + time.time() - started})

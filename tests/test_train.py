@@ -223,3 +223,20 @@ def test_masked_patches_change_the_input_of_some_clips_and_leave_the_others_bit_
     differs = (plain != masked).flatten(1).any(1)
     assert 0 < differs.sum() < 8  # the noise of unmasked clips is bit-identical to the v2 recipe's
     assert torch.equal(plain[~differs], masked[~differs])
+
+
+def test_the_step_profile_names_the_operators_of_a_step(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step_profile.py"
+    spec = importlib.util.spec_from_file_location("train_step_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "profile.json"
+    assert module.main(["--batch", "1", "--timed-steps", "1", "--untimed-steps", "0", "--layers", "2",
+                        "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["wall_s_per_step"] > 0 and result["cpu_s_per_step"] > 0
+    ops = [row["op"] for row in result["top_self_cpu_per_step"]]
+    assert any("attention" in op for op in ops), ops

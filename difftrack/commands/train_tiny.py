@@ -17,6 +17,14 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, type=output_dir, help="directory for the final model (loadable with --model DIR)")
     parser.add_argument("--run-dir", required=True, type=output_dir, help="directory for checkpoints (resume from here)")
     parser.add_argument("--steps", type=positive, default=3000, help="optimiser steps (default 3000)")
+    parser.add_argument("--checkpoint-minutes", type=number(min=0, min_inclusive=False), default=4.0,
+                        help="minutes between checkpoints (default 4)")
+    add_recipe_arguments(parser)
+
+
+def add_recipe_arguments(parser):
+    """Everything that says what and where a run trains, but not for how long or where it writes (shared with
+    benchmarks/train_step_profile.py)."""
     parser.add_argument("--batch", type=positive, default=4, help="clips per step (default 4)")
     parser.add_argument("--frames", type=positive, default=8,
                         help="frames per clip: the model's temporal window (RoPE positions) at inference")
@@ -38,8 +46,6 @@ def add_arguments(parser):
                              "Clips are rendered and noise drawn on the CPU, so the data are the same everywhere")
     parser.add_argument("--workers", type=positive, default=1,
                         help="processes rendering clips ahead (default 1; on a GPU one per spare core keeps it fed)")
-    parser.add_argument("--checkpoint-minutes", type=number(min=0, min_inclusive=False), default=4.0,
-                        help="minutes between checkpoints (default 4)")
     recipe = parser.add_argument_group("recipe axes (defaults: the shipped v2 recipe)")
     recipe.add_argument("--aperiodic", action="store_true",
                         help="walls and sprite textures only speckled or photographic (no stripes, checkers, bricks)")
@@ -63,17 +69,25 @@ def _native_bfloat16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def run(args):
-    from difftrack.train import TrainConfig, check_config, train
+def recipe_config(args, **run):
+    """The TrainConfig of parsed recipe arguments plus ``run`` (out, run_dir, steps, checkpoint_minutes), checked."""
+    from difftrack.train import TrainConfig, check_config
 
-    cfg = TrainConfig(out=args.out, run_dir=args.run_dir, steps=args.steps, batch=args.batch, frames=args.frames,
-                      sample_frames=args.sample_frames,
+    cfg = TrainConfig(**run, batch=args.batch, frames=args.frames, sample_frames=args.sample_frames,
                       image_twin=args.image_twin, layers=args.layers, heads=args.heads, head_dim=args.head_dim,
                       size=args.size, lr=args.lr, warmup=args.warmup, seed=args.seed, bf16=not args.no_bf16,
-                      checkpoint_minutes=args.checkpoint_minutes, aperiodic=args.aperiodic,
-                      anchor_clean=args.anchor_clean, loss_weight=args.loss_weight, curriculum=args.curriculum,
-                      mask_patches=args.mask_patches, device=str(torch_device(args.device)), workers=args.workers)
+                      aperiodic=args.aperiodic, anchor_clean=args.anchor_clean, loss_weight=args.loss_weight,
+                      curriculum=args.curriculum, mask_patches=args.mask_patches,
+                      device=str(torch_device(args.device)), workers=args.workers)
     check_config(cfg)
+    return cfg
+
+
+def run(args):
+    from difftrack.train import train
+
+    cfg = recipe_config(args, out=args.out, run_dir=args.run_dir, steps=args.steps,
+                        checkpoint_minutes=args.checkpoint_minutes)
     if cfg.bf16 and cfg.device == "cpu" and not _native_bfloat16():
         print("warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 autocast is emulated and about "
               "10x slower (measured on an AVX2 machine: 25-30 s against 2.9 s a step in fp32); pass --no-bf16",
