@@ -135,18 +135,10 @@ class _StepBatches(torch.utils.data.Dataset):
         return training_batch(self.cfg, self.start + i)
 
 
-def _one_thread_per_worker(_worker_id: int) -> None:
-    # Each worker renders a whole batch on its own core; OpenCV's own thread pool (one thread a core, in every
-    # worker) would only make the workers and the training process fight over the cores.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def prefetched_batches(cfg: TrainConfig, start: int):
     # A DataLoader hands batches back in index order whatever the number of workers: the steps stay in order.
     return iter(torch.utils.data.DataLoader(_StepBatches(cfg, start), batch_size=None, num_workers=cfg.workers,
-                                            prefetch_factor=4, worker_init_fn=_one_thread_per_worker))
+                                            prefetch_factor=4))
 
 
 def rotary_embedding(cfg: TrainConfig, grid: int, head_dim: int, frames: np.ndarray):

@@ -121,18 +121,3 @@ def test_to_tapvid_format(grid):
     if grid:
         assert not data["occluded"][:, 0].any()
 
-
-def test_rendering_does_not_depend_on_opencv_threads():
-    """Training renders clips in workers with one OpenCV thread each; the pixels must be those of any other
-    thread count (the main process, the evaluation)."""
-    import cv2
-
-    before = cv2.getNumThreads()
-    try:
-        cv2.setNumThreads(4)
-        many = generate_clip(1_000_123, num_frames=4, height=64, width=64).video
-        cv2.setNumThreads(1)
-        one = generate_clip(1_000_123, num_frames=4, height=64, width=64).video
-    finally:
-        cv2.setNumThreads(before)
-    assert np.array_equal(many, one)
