@@ -7,7 +7,6 @@ ignores permission bits, a real attempt does not), `{out}` a fresh folder that m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -19,8 +18,8 @@ import pytest
 from difftrack.cli import main
 from difftrack.data.synthetic import generate_clip
 from difftrack.io import write_video
+from benchmark_scripts import load_benchmark
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 TRACK = [
     (["track", "{in}/missing.mp4"], "does not exist"),
@@ -211,10 +210,7 @@ def test_cli_bad_input(inputs, tmp_path, capfd, monkeypatch, argv, message):
 
 @pytest.fixture(scope="module")
 def tapvid_main():
-    spec = importlib.util.spec_from_file_location("tapvid_benchmark", BENCHMARKS / "tapvid.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_benchmark("tapvid").main
 
 
 @pytest.mark.parametrize("argv, message", TAPVID, ids=lambda v: " ".join(v) if isinstance(v, list) else None)

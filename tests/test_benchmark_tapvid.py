@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import json
 import os
 import pickle
@@ -14,19 +13,13 @@ import pytest
 from difftrack.baselines import BASELINES, LucasKanade, zero_motion
 from difftrack.data.tapvid import TapVidReader, sample_queries, to_protocol
 from difftrack.metrics import METRIC_NAMES, average_over_videos, compute_tapvid_metrics
+from benchmark_scripts import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tapvid_benchmark = _load_script("tapvid")
-make_tapvid_fixture = _load_script("make_tapvid_fixture")
+tapvid_benchmark = load_benchmark("tapvid")
+make_tapvid_fixture = load_benchmark("make_tapvid_fixture")
 
 
 @pytest.fixture(scope="module")

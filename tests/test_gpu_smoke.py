@@ -1,17 +1,12 @@
 """benchmarks/gpu_smoke.py: a clean no-op without CUDA, and its per-family cases run (here on the CPU)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
+from benchmark_scripts import load_benchmark
 
 
 def test_gpu_smoke_says_so_in_one_line_without_cuda_and_its_family_cases_run_on_the_cpu(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
-    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
-    gpu_smoke = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_smoke)
+    gpu_smoke = load_benchmark("gpu_smoke")
     if not torch.cuda.is_available():
         assert gpu_smoke.main(["--out", str(tmp_path / "g.json")]) == 0
         out = capsys.readouterr().out.strip().splitlines()
@@ -25,10 +20,7 @@ def test_gpu_smoke_says_so_in_one_line_without_cuda_and_its_family_cases_run_on_
 
 def test_metrics_that_are_nan_in_both_runs_count_as_repeatable(tmp_path):
     """LTX-Video's tiny analysis has metrics with nothing to count (NaN): the same NaN twice is the same result."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
-    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
-    gpu_smoke = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_smoke)
+    gpu_smoke = load_benchmark("gpu_smoke")
     assert gpu_smoke._same((np.array([1.0, np.nan]),), (np.array([1.0, np.nan]),))
     assert not gpu_smoke._same((np.array([1.0, np.nan]),), (np.array([2.0, np.nan]),))
     cases = gpu_smoke.family_cases("ltx-video", tmp_path, device="cpu", dtype=torch.float32)

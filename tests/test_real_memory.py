@@ -1,18 +1,12 @@
 """benchmarks/real_memory.py: its peak accounting against hand-counted allocations, and one stage of a
 real config under FakeTensorMode."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from benchmark_scripts import load_benchmark
 
 
 def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_memory.py"
-    spec = importlib.util.spec_from_file_location("real_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("real_memory")
 
 
 def test_peak_live_bytes_counts_what_is_alive_at_once_and_not_the_weights():

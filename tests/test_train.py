@@ -226,13 +226,9 @@ def test_masked_patches_change_the_input_of_some_clips_and_leave_the_others_bit_
 
 
 def test_the_step_profile_names_the_operators_of_a_step(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from benchmark_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step_profile.py"
-    spec = importlib.util.spec_from_file_location("train_step_profile", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("train_step_profile")
     out = tmp_path / "profile.json"
     assert module.main(["--batch", "1", "--timed-steps", "1", "--untimed-steps", "0", "--layers", "2",
                         "--out", str(out)]) == 0
