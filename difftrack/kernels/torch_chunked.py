@@ -46,10 +46,10 @@ def chunk_sizes(heads: int, points: int, video: int, dim: int, dtype: torch.dtyp
 
 
 def _row_products(rows: torch.Tensor, columns: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """torch.bmm(rows, columns) whose every row is the same bits whatever the number of rows. BLAS libraries
-    (MKL on AVX-512 machines, for one) multiply a single row as a matrix-vector product, whose sums round
-    differently from a row of a matrix product; a lone row is paired with a copy of itself, so a point's
-    scores do not depend on how many points are matched with it."""
+    """torch.bmm(rows, columns), with a lone row paired with a copy of itself. BLAS libraries (MKL on AVX-512
+    machines, for one) multiply a single row as a matrix-vector product, whose sums round differently from a
+    row of a matrix product; paired, a point matched alone against the video's keys gets the bits it gets
+    among others (tests/test_kernels.py checks the fields the tracker reads)."""
     if rows.shape[1] != 1:
         return torch.bmm(rows, columns, out=out)
     doubled = torch.bmm(rows.repeat(1, 2, 1), columns)[:, :1]
@@ -154,7 +154,7 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
             frame_lse = _frame_logsumexp(first_logit, per_frame[..., 0], q[h0:h1], key[h0:h1], tokens, dtype)
             text_max = text_sum = text_exp = None
             if text_keys is not None:
-                text_exp = _row_products(q[h0:h1], text_keys[h0:h1].transpose(1, 2))
+                text_exp = torch.bmm(q[h0:h1], text_keys[h0:h1].transpose(1, 2))
                 text_max = text_exp.amax(-1)
                 text_exp.sub_(text_max.unsqueeze(-1)).exp_()
                 text_sum = text_exp.sum(-1)
