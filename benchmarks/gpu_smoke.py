@@ -164,13 +164,13 @@ def main(argv=None) -> int:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=output_file(".json"), default=str(Path(__file__).parent / "results" / "gpu_smoke.json"))
     p.add_argument("--repeats", type=integer(min=1), default=5)
-    args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("gpu_smoke.py: no CUDA device here; it measures nothing on a CPU (run it on a GPU machine)")
-        return 0
 
     def run(args) -> None:
         from difftrack.testing import TINY_KINDS
+
+        if not torch.cuda.is_available():
+            print("gpu_smoke.py: no CUDA device here; it measures nothing on a CPU (run it on a GPU machine)")
+            return
 
         result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "bfloat16",
                   "command": "python benchmarks/gpu_smoke.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -186,7 +186,8 @@ def main(argv=None) -> int:
         write_json(args.out, json_safe(result))
         print(f"wrote {args.out}")
 
-    return run_reporting_errors(run, args, debug=False)
+    # Parsed inside, so that a bad option is one `error:` line and exit 2 like every other error.
+    return run_reporting_errors(lambda a: run(p.parse_args(a)), argv, debug=False)
 
 
 if __name__ == "__main__":

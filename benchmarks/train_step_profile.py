@@ -68,7 +68,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=output_file(".json"), default=None, help="the result as JSON")
     recipe = p.add_argument_group("the run profiled: train-tiny's options")
     add_recipe_arguments(recipe)
-    args = p.parse_args(argv)
 
     def run(args) -> None:
         cfg = recipe_config(args, out="", run_dir="")
@@ -81,7 +80,8 @@ def main(argv=None) -> int:
         if args.out:
             write_json(args.out, json_safe(result))
 
-    return run_reporting_errors(run, args, debug=False)
+    # Parsed inside, so that a bad option is one `error:` line and exit 2 like every other error.
+    return run_reporting_errors(lambda a: run(p.parse_args(a)), argv, debug=False)
 
 
 if __name__ == "__main__":

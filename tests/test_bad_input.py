@@ -244,3 +244,17 @@ def test_a_non_video_file_gives_one_line_from_a_fresh_process(inputs, tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: could not decode any frame from {inputs / 'junk.mp4'}; is it a video file OpenCV can read (mp4, avi)?"]
     assert not list(tmp_path.iterdir())
+
+
+BENCHMARK_SCRIPTS = [
+    ("gpu_smoke", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
+    ("gpu_smoke", ["--out", "{out}/g.txt"], "must end in .json"),
+    ("train_step_profile", ["--device", "gpu0"], "is not a torch device"),
+    ("train_step_profile", ["--timed-steps", "0"], "--timed-steps: must be an integer >= 1"),
+    ("train_step_profile", ["--out", "{in}/missing/p.json"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("script, argv, message", BENCHMARK_SCRIPTS)
+def test_benchmark_scripts_bad_input(inputs, tmp_path, capfd, monkeypatch, script, argv, message):
+    _check(load_benchmark(script).main, argv, message, inputs, tmp_path, capfd, monkeypatch)
