@@ -6,8 +6,12 @@ benchmarks/tapvid.py (tapnet's definitions), next to zero motion and Lucas-Kanad
     per-frame argmax             the first tracker's scheme: per-frame argmax, soft-argmax in a 3x3-token window
     + temporal                   the Viterbi pass over each frame's candidates (motion prior, occluded state)
     + ensembles                  costs averaged over --draws noise draws and the model's recommended layers
+    + dominant motion            the motion prior's second component: the scene's dominant motion (a camera pan),
+                                 estimated from the costs of all the frame's tokens
     + sub-token offset           the point keeps its own place inside the matched token instead of the soft-argmax
-    default (temporal + offset)  what `difftrack track` does: the Viterbi pass and the offset, no ensembles
+    temporal + offset (no dominant motion)   the default before the dominant motion, for comparison
+    dominant motion alone        every point moves with the dominant motion (no per-point matching): a baseline
+    default (temporal + dominant motion + offset)   what `difftrack track` does; no ensembles
 
     python benchmarks/make_tapvid_fixture.py --out runs/heldout12/tapvid_davis.pkl --num-videos 20 \\
         --seed-offset 200000 --frames 12 --size 256 --points 32
@@ -39,15 +43,22 @@ from difftrack.errors import UserError  # noqa: E402
 from difftrack.io import atomic_path, write_json  # noqa: E402
 from difftrack.metrics import QUERY_MODES, average_over_videos  # noqa: E402
 from difftrack.options import output_dir, positive  # noqa: E402
+from difftrack.tracker import TrackerConfig  # noqa: E402
+
+
+DEFAULT_ROW = "default (temporal + dominant motion + offset)"
 
 
 def rows(recommended_layers: list[int], draws: int) -> dict[str, dict]:
-    today = {"temporal": "none", "refine_window": 1}
+    today = {"temporal": "none", "refine_window": 1, "background_weight": 0.0}
     temporal = dict(today, temporal="viterbi")
-    ensembles = dict(temporal, noise_draws=draws, layers=recommended_layers)
-    return {"per-frame argmax": today, "+ temporal": temporal, "+ ensembles": ensembles,
-            "+ sub-token offset": dict(ensembles, refine_window=0),
-            "default (temporal + offset)": dict(temporal, refine_window=0)}
+    dominant = dict(temporal, background_weight=TrackerConfig.background_weight)
+    ensembles = dict(dominant, noise_draws=draws, layers=recommended_layers)
+    return {"per-frame argmax": today, "+ temporal": temporal, "+ dominant motion": dominant,
+            "+ ensembles": ensembles, "+ sub-token offset": dict(ensembles, refine_window=0),
+            "temporal + offset (no dominant motion)": dict(temporal, refine_window=0),
+            "dominant motion alone": dict(temporal, refine_window=0, background_weight=1.0),
+            DEFAULT_ROW: dict(dominant, refine_window=0)}
 
 
 def parse_set(items: list[str]) -> dict:
@@ -72,7 +83,8 @@ def parse_args(argv):
     p.add_argument("--model", default="tiny-video")
     p.add_argument("--draws", type=positive, default=4, help="noise draws of the ensemble rows (default 4)")
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="tracker options for every row")
-    p.add_argument("--rows", nargs="+", default=None, help="only these rows (names as in the table)")
+    p.add_argument("--rows", nargs="+", default=None, choices=list(rows([], 1)), metavar="ROW",
+                   help="only these rows (names as in the table)")
     p.add_argument("--no-baselines", action="store_true", help="skip zero motion and Lucas-Kanade")
     p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--out", required=True, type=output_dir)

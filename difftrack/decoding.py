@@ -10,12 +10,18 @@ position) plus one occluded state. A path pays, per frame:
   stretch keeps the position it entered with, and the step out of it is measured from there);
 - switching: ``enter_cost`` to become occluded, ``leave_cost`` to reappear.
 
+With ``background_weight`` > 0 the motion prior has two components: with that weight the step follows the
+scene's dominant motion (``background_steps``, e.g. a camera pan estimated from all of the frame's
+tokens) within ``background_sigma`` tokens, otherwise it is free as above; points on a wall then follow
+the wall exactly instead of jittering between equally plausible tokens.
+
 So a distractor peak far from the track's path loses to a slightly weaker peak on it. The first
 frame of a segment is the known start (the query point, or the end of the previous window).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,27 +34,47 @@ class MotionModel:
     occluded_log_cost: float = -6.0  # log "cost" of the occluded state; a candidate must beat it
     enter_cost: float = 4.0
     leave_cost: float = 4.0
+    background_weight: float = 0.5
+    background_sigma: float = 0.1  # tokens per frame
+
+
+def motion_log_prior(step: torch.Tensor, model: MotionModel, background_step: torch.Tensor | None = None):
+    """Log prior of steps (..., 2) in tokens, up to a constant shared by all steps: the free Gaussian
+    -|step|^2 / (2 sigma^2), or with a background component the better of the two weighted components,
+    scaled so that the free one keeps that form."""
+    free = -step.square().sum(-1) * (1.0 / (2.0 * model.sigma ** 2))
+    if not model.background_weight or background_step is None:
+        return free
+    ratio = (model.sigma / model.background_sigma) ** 2  # the densities' normalisers relative to the free one
+    background = -(step - background_step).square().sum(-1) / (2.0 * model.background_sigma ** 2)
+    free_share = math.log(1.0 - model.background_weight) if model.background_weight < 1 else -math.inf
+    # The better component, not their log-sum: max-product like the Viterbi pass itself, and free of exp/log,
+    # whose vectorised and scalar paths round differently (a point's bits would depend on the batch size).
+    return torch.maximum(free + free_share, background + math.log(model.background_weight * ratio))
 
 
 def viterbi_decode(start: torch.Tensor, positions: torch.Tensor, costs: torch.Tensor,
-                   model: MotionModel = MotionModel()) -> tuple[torch.Tensor, torch.Tensor]:
+                   model: MotionModel = MotionModel(), background_steps: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best path of N points through F frames.
 
     start (N, 2) token positions before the first frame; positions (N, F, K, 2) and costs (N, F, K) the
-    candidates of each frame (cost in (0, 1]). Returns positions (N, F, 2) and occluded (N, F) bool.
+    candidates of each frame (cost in (0, 1]); background_steps (F, 2), the dominant motion from each
+    frame's predecessor (the start for frame 0), used when ``model.background_weight`` > 0.
+    Returns positions (N, F, 2) and occluded (N, F) bool.
     """
     n, frames, k = costs.shape
     dtype, device = positions.dtype, positions.device
     emission = costs.clamp_min(1e-12).log() * model.emission_weight
-    inv_two_var = 1.0 / (2.0 * model.sigma ** 2)
     # State s < k: candidate s; state k: occluded. Scores of the start: a single visible state.
     score = torch.zeros(n, 1, dtype=dtype, device=device)
     previous_xy = start.to(dtype)[:, None]  # (N, S_prev, 2)
     previous_occluded = torch.zeros(n, 1, dtype=torch.bool, device=device)
     pointers, occluded_xy = [], []
     for f in range(frames):
-        step = (previous_xy[:, :, None] - positions[:, f, None]).square().sum(-1)  # (N, S_prev, K)
-        into_visible = score[:, :, None] - step * inv_two_var - previous_occluded[:, :, None] * model.leave_cost
+        step = positions[:, f, None] - previous_xy[:, :, None]  # (N, S_prev, K, 2)
+        prior = motion_log_prior(step, model, None if background_steps is None else background_steps[f])
+        into_visible = score[:, :, None] + prior - previous_occluded[:, :, None] * model.leave_cost
         best_visible, from_visible = into_visible.max(1)  # (N, K)
         into_occluded = score - (~previous_occluded) * model.enter_cost  # staying occluded is free
         best_occluded, from_occluded = into_occluded.max(1)  # (N,)

@@ -7,7 +7,9 @@ frame (1:1 frame mapping) -> cut the video into windows of ``window`` frames tha
 the descriptors of all chosen layers, steps and noise draws stacked as heads (so the head-averaged cost
 is the ensemble average) -> per frame the K best tokens at sub-token soft-argmax positions -> a Viterbi
 pass over them with a motion prior and an occluded state (``temporal="viterbi"``; ``"none"`` keeps the
-per-frame argmax) -> the track's end in the window's last frame starts it in the next window (chaining).
+per-frame argmax); the motion prior's second component is the scene's dominant motion (a camera pan),
+estimated from the costs of every token of the start frame, with one candidate per frame exactly on it
+-> the track's end in the window's last frame starts it in the next window (chaining).
 A second pass runs the windows in reverse for the frames before each query's frame. Forwards grow with
 T / window, whatever the queries; a query's result never depends on the other queries.
 
@@ -29,6 +31,7 @@ from difftrack.decoding import MotionModel, viterbi_decode
 from difftrack.errors import UserError
 from difftrack.io import check_points
 from difftrack.kernels import match
+from difftrack.kernels.common import window_tokens
 from difftrack.noising import check_noising, prepare_latents
 
 
@@ -56,6 +59,9 @@ class TrackerConfig:
     motion_sigma: float = MotionModel.sigma
     emission_weight: float = MotionModel.emission_weight
     occluded_log_cost: float = MotionModel.occluded_log_cost
+    # Weight of the scene's dominant motion (estimated from all tokens' costs) in the motion prior; 0: off.
+    background_weight: float = MotionModel.background_weight
+    background_sigma: float = MotionModel.background_sigma
     cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
     peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
     seed: int = 0
@@ -124,6 +130,9 @@ class DiffTracker:
         if cfg.noise_draws < 1 or cfg.candidates < 1 or not cfg.motion_sigma > 0:
             raise UserError("noise_draws and candidates must be at least 1 and motion_sigma positive, got "
                             f"{cfg.noise_draws}, {cfg.candidates} and {cfg.motion_sigma}")
+        if not 0 <= cfg.background_weight <= 1 or not cfg.background_sigma > 0:
+            raise UserError("background_weight must lie in [0, 1] and background_sigma be positive, got "
+                            f"{cfg.background_weight} and {cfg.background_sigma}")
         self.config = cfg
         self.stats = TrackerStats()
         self._conditioning = None  # the empty prompt's (embeddings, extras), computed once
@@ -250,11 +259,22 @@ class DiffTracker:
         offset = start_xy - start_xy.floor() - 0.5 if cfg.refine_window == 0 else torch.zeros_like(start_xy)
         if cfg.temporal == "viterbi":
             model = MotionModel(sigma=cfg.motion_sigma, emission_weight=cfg.emission_weight,
-                                occluded_log_cost=cfg.occluded_log_cost)
-            positions = fwd.candidate_refined[:, local].float() + offset[:, None, None]
-            xy, hidden = viterbi_decode(start_xy, positions, fwd.candidate_cost[:, local].float(), model)
+                                occluded_log_cost=cfg.occluded_log_cost, background_weight=cfg.background_weight,
+                                background_sigma=cfg.background_sigma)
+            positions = self._positions(fwd.candidate_index, fwd.candidate_refined, local, grid) + offset[:, None, None]
+            costs = fwd.candidate_cost[:, local].float()
+            background_steps = None
+            if cfg.background_weight:
+                shift = dominant_shift(q_all, k_all, grid, src, local)  # (F_t, 2) from the start frame
+                background_steps = torch.diff(shift, dim=0, prepend=torch.zeros_like(shift[:1]))
+                # one more candidate per frame: exactly where the dominant motion takes the point (kept in view)
+                follow = start_xy[:, None] + shift[None]
+                follow = torch.stack([follow[..., 0].clamp(0, grid[1]), follow[..., 1].clamp(0, grid[0])], -1)
+                positions = torch.cat([positions, follow[:, :, None]], 2)
+                costs = torch.cat([costs, cost_at(follow, fwd.candidate_index[:, local], costs, grid)[..., None]], 2)
+            xy, hidden = viterbi_decode(start_xy, positions, costs, model, background_steps)
         else:
-            xy = fwd.refined[:, local].float() + offset[:, None]
+            xy = self._positions(fwd.argmax, fwd.refined, local, grid) + offset[:, None]
             hidden = torch.zeros(xy.shape[:2], dtype=torch.bool, device=xy.device)
         peak = fwd.peak[:, local].float()
 
@@ -268,9 +288,68 @@ class DiffTracker:
         cycle_error = (back_xy - (start_xy - offset)[:, None].to(back_xy)).norm(dim=-1)
         return xy.cpu(), hidden.cpu(), cycle_error.cpu(), peak.cpu()
 
+    def _positions(self, index, refined, local: list[int], grid) -> torch.Tensor:
+        """Token positions of matches on the ``local`` frames: the soft-argmax, or with ``refine_window=0`` the
+        matched token's centre itself (exact, where a one-token soft-argmax w * c / w may round)."""
+        if self.config.refine_window:
+            return refined[:, local].float()
+        return window_tokens(index[:, local], *grid, 0)[2][..., 0, :].to(refined.device)
+
     def occlusion_call(self, cycle_error: np.ndarray, peak: np.ndarray) -> np.ndarray:
         """Visible where the forward-backward error is small and the matching peak is confident."""
         return (cycle_error <= self.config.cycle_threshold) & (peak >= self.config.peak_threshold)
+
+
+def dominant_shift(q_all, k_all, grid, src: int, targets: list[int], head_chunk: int = 8) -> torch.Tensor:
+    """The scene's dominant displacement (len(targets), 2) as (x, y) tokens from frame ``src`` to each target
+    frame: the displacement d that maximises the mean head-averaged matching cost C(i -> i + d) over every
+    token i of the source frame (displacements of up to half the grid), refined to sub-token by a parabola
+    through its neighbours."""
+    grid_h, grid_w = grid
+    tokens = grid_h * grid_w
+    heads, _, dim = q_all.shape
+    device = q_all.device
+    rows, cols = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij")
+    d_row, d_col = torch.meshgrid(torch.arange(-(grid_h // 2), grid_h // 2 + 1, device=device),
+                                  torch.arange(-(grid_w // 2), grid_w // 2 + 1, device=device), indexing="ij")
+    to_row = rows.reshape(-1, 1) + d_row.reshape(1, -1)  # (P, D)
+    to_col = cols.reshape(-1, 1) + d_col.reshape(1, -1)
+    valid = (to_row >= 0) & (to_row < grid_h) & (to_col >= 0) & (to_col < grid_w)
+    to_index = to_row.clamp(0, grid_h - 1) * grid_w + to_col.clamp(0, grid_w - 1)
+    query = q_all[:, src * tokens:(src + 1) * tokens].float() / dim ** 0.5
+    shifts = []
+    for f in targets:
+        key = k_all[:, f * tokens:(f + 1) * tokens].float()
+        cost = torch.zeros(tokens, tokens, device=device)
+        for h0 in range(0, heads, head_chunk):
+            cost += torch.softmax(torch.bmm(query[h0:h0 + head_chunk], key[h0:h0 + head_chunk].transpose(1, 2)),
+                                  -1).sum(0)
+        volume = ((cost.gather(1, to_index) * valid).sum(0) / valid.sum(0)).view(d_row.shape)
+        best_row, best_col = divmod(int(volume.argmax()), volume.shape[1])
+        shift = [float(d_col[0, best_col]) + _parabola_peak(volume[best_row], best_col),
+                 float(d_row[best_row, 0]) + _parabola_peak(volume[:, best_col], best_row)]
+        shifts.append(shift)
+    return torch.tensor(shifts, dtype=torch.float32, device=device)
+
+
+def _parabola_peak(values: torch.Tensor, at: int) -> float:
+    """Sub-sample offset in [-0.5, 0.5] of the peak of a parabola through ``values`` at at - 1, at, at + 1."""
+    if at == 0 or at == len(values) - 1:
+        return 0.0
+    left, middle, right = (float(v) for v in values[at - 1:at + 2])
+    curvature = left - 2.0 * middle + right
+    return 0.0 if curvature >= 0 else max(-0.5, min(0.5, 0.5 * (left - right) / curvature))
+
+
+def cost_at(xy: torch.Tensor, candidate_index: torch.Tensor, candidate_cost: torch.Tensor, grid) -> torch.Tensor:
+    """Cost (N, F) of the token under each position xy (N, F, 2), read from the candidates (N, F, K); a
+    token outside them gets the smallest candidate cost, an upper bound."""
+    grid_h, grid_w = grid
+    col = xy[..., 0].floor().long().clamp(0, grid_w - 1)
+    row = xy[..., 1].floor().long().clamp(0, grid_h - 1)
+    hit = candidate_index == (row * grid_w + col)[..., None]
+    found = (candidate_cost * hit).amax(-1)
+    return torch.where(hit.any(-1), found, candidate_cost.amin(-1))
 
 
 @dataclass

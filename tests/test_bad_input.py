@@ -33,6 +33,7 @@ TRACK = [
     (["track", "{in}/clip.mp4", "--window", "1"], "--window: must be an integer >= 2"),
     (["track", "{in}/clip.mp4", "--cycle-threshold", "-1"], "--cycle-threshold: must be a finite number >= 0"),
     (["track", "{in}/clip.mp4", "--cycle-threshold", "nan"], "--cycle-threshold: must be a finite number"),
+    (["track", "{in}/clip.mp4", "--background-weight", "1.5"], "--background-weight: must be a finite number"),
     (["track", "{in}/clip.mp4", "--seed", "-1"], "--seed: must be an integer >= 0"),
     (["track", "{in}/clip.mp4", "--num-steps", "0"], "--num-steps: must be an integer >= 1"),
     (["track", "{in}/clip.mp4", "--steps", "-2"], "--steps: must be an integer >= 0"),
@@ -252,6 +253,7 @@ BENCHMARK_SCRIPTS = [
     ("train_step_profile", ["--device", "gpu0"], "is not a torch device"),
     ("train_step_profile", ["--timed-steps", "0"], "--timed-steps: must be an integer >= 1"),
     ("train_step_profile", ["--out", "{in}/missing/p.json"], "does not exist"),
+    ("track_ablation", ["--root", "{in}", "--rows", "best", "--out", "{out}/a"], "--rows: invalid choice: 'best'"),
 ]
 
 

@@ -1,8 +1,10 @@
 """The temporal decoder: motion prior against distractors, the occluded state, and its bookkeeping."""
 
+import math
+
 import torch
 
-from difftrack.decoding import MotionModel, viterbi_decode
+from difftrack.decoding import MotionModel, motion_log_prior, viterbi_decode
 
 
 def _track(frames=8, k=3):
@@ -37,3 +39,33 @@ def test_points_are_decoded_independently():
     both_xy, _ = viterbi_decode(both_start, torch.cat([positions, positions + 1]), torch.cat([costs, costs]))
     alone_xy, _ = viterbi_decode(start + 1, positions + 1, costs)
     assert torch.equal(both_xy[1], alone_xy[0])
+
+
+def test_a_background_prior_makes_a_wall_point_follow_the_dominant_motion_exactly():
+    """The wall pans 0.4 token a frame. Candidate 0 sits exactly on the pan, a little weaker than candidate 1,
+    a token-centre position one token off the path; only the background component keeps the point on the pan."""
+    frames = 6
+    pan = torch.tensor([0.4, 0.0])
+    truth = torch.tensor([3.3, 4.5]) + pan * torch.arange(1, frames + 1, dtype=torch.float32)[:, None]
+    jitter = truth.floor() + 0.5 + torch.tensor([1.0, 0.0])
+    positions = torch.stack([truth, jitter], 1)[None]
+    costs = torch.tensor([0.2, 0.3]).repeat(frames, 1)[None]
+    start = torch.tensor([[3.3, 4.5]])
+    free_xy, _ = viterbi_decode(start, positions, costs, MotionModel(sigma=2.0))
+    assert not torch.allclose(free_xy[0], truth)
+    steps = pan.repeat(frames, 1)
+    xy, hidden = viterbi_decode(start, positions, costs, MotionModel(sigma=2.0, background_weight=0.5), steps)
+    assert torch.allclose(xy[0], truth) and not hidden.any()
+
+
+def test_the_motion_prior_without_background_is_the_plain_gaussian():
+    step = torch.randn(5, 3, 2)
+    model = MotionModel(sigma=1.5, background_weight=0.0)
+    expected = -step.square().sum(-1) / (2 * 1.5 ** 2)
+    assert torch.allclose(motion_log_prior(step, model), expected)
+    assert torch.equal(motion_log_prior(step, model, torch.zeros(2)), motion_log_prior(step, model))
+    background = MotionModel(sigma=1.5, background_weight=0.3, background_sigma=0.25)
+    near, far = torch.tensor([[0.05, 0.0]]), torch.tensor([[3.0, 0.0]])
+    assert motion_log_prior(near, background, torch.zeros(2)) > motion_log_prior(near, model) + 2.0
+    assert torch.allclose(motion_log_prior(far, background, torch.zeros(2)),
+                          motion_log_prior(far, model) + math.log(0.7))  # far from the pan: the free part alone

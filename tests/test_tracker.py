@@ -259,3 +259,37 @@ def test_hunyuanvideo_tracks_with_its_pooled_text_conditioning(noise):
     tracker = DiffTracker(backbone, num_steps=4, steps=[2], noise=noise)
     tracks, visible = tracker(video, np.array([[0, 10.0, 12.0], [2, 20.0, 5.0]], np.float32))
     assert tracks.shape == (5, 2, 2) and np.isfinite(tracks).all()
+
+
+def test_dominant_shift_finds_a_pan_from_the_costs_of_all_tokens():
+    """Frame 1 shows frame 0's content moved by (x +2, y +1) tokens (new content at the edges); each query
+    matches its own key sharply, so the dominant displacement is the pan, with no sub-token offset."""
+    from difftrack.tracker import dominant_shift
+
+    grid_h, grid_w, heads, dim = 8, 10, 2, 16
+    gen = torch.Generator().manual_seed(0)
+    frame0 = torch.randn(heads, grid_h, grid_w, dim, generator=gen) * 3
+    frame1 = torch.randn(heads, grid_h, grid_w, dim, generator=gen) * 3
+    frame1[:, 1:, 2:] = frame0[:, :-1, :-2]
+    key = torch.cat([frame0.flatten(1, 2), frame1.flatten(1, 2)], 1)
+    shift = dominant_shift(key.clone(), key, (grid_h, grid_w), 0, [0, 1])
+    assert torch.allclose(shift, torch.tensor([[0.0, 0.0], [2.0, 1.0]]), atol=0.05)
+
+
+def test_cost_at_reads_the_token_under_a_position_or_bounds_it():
+    from difftrack.tracker import cost_at
+
+    index = torch.tensor([[[5, 7, 1]]])  # grid 3 x 4: token 5 = row 1, col 1
+    cost = torch.tensor([[[0.5, 0.3, 0.1]]])
+    xy = torch.tensor([[[1.7, 1.2]]])  # inside token 5
+    assert cost_at(xy, index, cost, (3, 4)).item() == 0.5
+    assert cost_at(torch.tensor([[[3.5, 2.5]]]), index, cost, (3, 4)).item() == pytest.approx(0.1)  # token 11: not a candidate
+
+
+def test_background_motion_prior_tracks_and_keeps_points_independent(backbone):
+    video = np.random.default_rng(5).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    queries = np.array([[0, 10.0, 12.0], [0, 20.0, 5.0]], np.float32)
+    tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[5], background_weight=0.5)
+    both, _ = tracker(video, queries)
+    alone, _ = tracker(video, queries[1:])
+    assert both.shape == (6, 2, 2) and np.array_equal(both[:, 1], alone[:, 0])

@@ -7,7 +7,8 @@ rings = predicted occluded).
 The video is cut into windows of --window frames (one frame shared between neighbours); one forward
 per window serves every query in it, so the cost grows with the video length, not with the number of
 query frames. Within a window each frame's best candidate tokens are chained by a Viterbi pass with a
-motion prior and an occluded state (--temporal none: per-frame argmax).
+motion prior and an occluded state (--temporal none: per-frame argmax); the prior mixes free motion with
+the scene's dominant motion, so points on a panning wall follow the pan (--background-weight 0: off).
 
 examples:
   difftrack track clip.mp4 --grid 8                     # 8x8 grid on frame 0, embedded model
@@ -35,7 +36,7 @@ from difftrack.io import atomic_path, check_points, load_points, read_video, wri
 from difftrack.noising import NOISE_MODES
 from difftrack.options import add_device_arguments, backbone_options, check_output_file, integer, number
 from difftrack.options import output_prefix, positive, seed
-from difftrack.tracker import TEMPORAL_MODES
+from difftrack.tracker import TEMPORAL_MODES, TrackerConfig
 
 
 DEFAULT_GRID = 8
@@ -67,8 +68,12 @@ def add_arguments(p):
                         "prior and an occluded state; none: per-frame argmax")
     p.add_argument("--motion-sigma", type=number(min=0, min_inclusive=False), default=None,
                    help="expected motion in tokens per frame of the viterbi pass (default 2.0)")
+    p.add_argument("--background-weight", type=number(min=0, max=1), default=None,
+                   help="weight of the scene's dominant motion (a camera pan, estimated from the costs of all the "
+                        f"frame's tokens) in the viterbi pass's motion prior; 0 turns it off (default "
+                        f"{TrackerConfig.background_weight})")
     p.add_argument("--candidates", type=positive, default=None, help="tokens per frame the viterbi pass picks from "
-                                                                      "(default 8)")
+                                                                      f"(default {TrackerConfig.candidates})")
     p.add_argument("--noise-draws", type=positive, default=1,
                    help="average the costs over this many noise draws (one forward each; default 1)")
     p.add_argument("--refine-window", type=integer(min=0), default=None,
@@ -124,7 +129,7 @@ def run(args):
                "noise": args.noise, "window": args.window, "bidirectional": not args.no_bidirectional,
                "seed": args.seed}
     options.update(temporal=args.temporal, noise_draws=args.noise_draws)
-    for name in ("cycle_threshold", "motion_sigma", "candidates", "refine_window"):
+    for name in ("cycle_threshold", "motion_sigma", "background_weight", "candidates", "refine_window"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     tracker = DiffTracker(backbone, **options)
