@@ -300,7 +300,7 @@ class DiffTracker:
         return (cycle_error <= self.config.cycle_threshold) & (peak >= self.config.peak_threshold)
 
 
-def dominant_shift(q_all, k_all, grid, src: int, targets: list[int], head_chunk: int = 8) -> torch.Tensor:
+def dominant_shift(q_all, k_all, grid, src: int, targets: list[int], memory_budget: int = 64 * 2**20) -> torch.Tensor:
     """The scene's dominant displacement (len(targets), 2) as (x, y) tokens from frame ``src`` to each target
     frame: the displacement d that maximises the mean head-averaged matching cost C(i -> i + d) over every
     token i of the source frame (displacements of up to half the grid), refined to sub-token by a parabola
@@ -317,6 +317,7 @@ def dominant_shift(q_all, k_all, grid, src: int, targets: list[int], head_chunk:
     valid = (to_row >= 0) & (to_row < grid_h) & (to_col >= 0) & (to_col < grid_w)
     to_index = to_row.clamp(0, grid_h - 1) * grid_w + to_col.clamp(0, grid_w - 1)
     query = q_all[:, src * tokens:(src + 1) * tokens].float() / dim ** 0.5
+    head_chunk = max(1, memory_budget // (tokens * tokens * 4))  # heads whose token-to-token costs fit the budget
     shifts = []
     for f in targets:
         key = k_all[:, f * tokens:(f + 1) * tokens].float()
