@@ -111,7 +111,8 @@ def evaluate_video(tracker, frames: np.ndarray, points: np.ndarray, occluded: np
     track_occluded[queried] = query_occluded[first_query]
     return {"metrics": metrics, "tracks": track_tracks, "occluded": track_occluded,
             "queries": queries.query_points, "query_track": queries.track_index,
-            "query_tracks": query_tracks, "query_occluded": query_occluded}
+            "query_tracks": query_tracks, "query_occluded": query_occluded,
+            "target_points": queries.target_points, "target_occluded": queries.occluded}
 
 
 class PartialStore:

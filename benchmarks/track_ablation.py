@@ -18,8 +18,10 @@ benchmarks/tapvid.py (tapnet's definitions), next to zero motion and Lucas-Kanad
     python benchmarks/track_ablation.py --root runs/heldout12 --mode first --out results/tracking/ablation_first
 
 Writes OUT/ablation.json ({row: {metric: value}}, with the options of each row, CPU and wall seconds
-and the load average) and OUT/ablation.md (the table x100). Options given with --set apply to every
-difftrack row (e.g. --set motion_sigma=2).
+and the load average) and OUT/ablation.md (the table x100). Besides tapnet's metrics, moved_1tok: over
+ground-truth-visible (query, frame) pairs whose true position is more than one token (--moved-px) from
+the query point, the share predicted within one token (benchmarks/embedded_eval.py's moved points).
+Options given with --set apply to every difftrack row (e.g. --set motion_sigma=2).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ from difftrack.data.tapvid import DATASETS, TapVidReader, to_protocol  # noqa: E
 from difftrack.errors import UserError  # noqa: E402
 from difftrack.io import atomic_path, write_json  # noqa: E402
 from difftrack.metrics import QUERY_MODES, average_over_videos  # noqa: E402
-from difftrack.options import output_dir, positive  # noqa: E402
+from difftrack.options import number, output_dir, positive  # noqa: E402
 from difftrack.tracker import TrackerConfig  # noqa: E402
 
 
+COLUMNS = SUMMARY_COLUMNS[:8] + (("moved_1tok", "moved_within_1_token"),)
 DEFAULT_ROW = "default (temporal + dominant motion + offset)"
 
 
@@ -59,6 +62,17 @@ def rows(recommended_layers: list[int], draws: int) -> dict[str, dict]:
             "temporal + offset (no dominant motion)": dict(temporal, refine_window=0),
             "dominant motion alone": dict(temporal, refine_window=0, background_weight=1.0),
             DEFAULT_ROW: dict(dominant, refine_window=0)}
+
+
+def moved_point_counts(run: dict, token_px: float) -> np.ndarray:
+    """(correct, total) over the ground-truth-visible (query, frame) pairs whose true position lies more than
+    one token (max-norm, ``token_px``) from the query point: correct when the prediction is within one token,
+    the 'moved points' of benchmarks/embedded_eval.py, in pixels."""
+    start = run["queries"][:, None, 1:]
+    target = run["target_points"]
+    moved = ~run["target_occluded"] & (np.abs(target - start).max(-1) > token_px)
+    correct = np.abs(run["query_tracks"] - target).max(-1) <= token_px
+    return np.array([(correct & moved).sum(), moved.sum()], np.int64)
 
 
 def parse_set(items: list[str]) -> dict:
@@ -86,6 +100,8 @@ def parse_args(argv):
     p.add_argument("--rows", nargs="+", default=None, choices=list(rows([], 1)), metavar="ROW",
                    help="only these rows (names as in the table)")
     p.add_argument("--no-baselines", action="store_true", help="skip zero motion and Lucas-Kanade")
+    p.add_argument("--moved-px", type=number(min=0, min_inclusive=False), default=16.0,
+                   help="one token in pixels, for the moved-point accuracy (default 16: tiny-video at 256x256)")
     p.add_argument("--limit", type=positive, default=None)
     p.add_argument("--out", required=True, type=output_dir)
     return p.parse_args(argv)
@@ -111,16 +127,19 @@ def run(args) -> None:
     results, seconds = {}, {}
     for name, tracker in trackers.items():
         load_before, cpu, wall = os.getloadavg()[0], time.process_time(), time.perf_counter()
-        metrics = []
+        metrics, moved = [], np.zeros(2, np.int64)
         for _, sample in videos:
             frames, points = to_protocol(sample)
-            metrics.append(evaluate_video(tracker, frames, points, sample.occluded, args.mode)["metrics"])
-        results[name] = average_over_videos(metrics)
+            run = evaluate_video(tracker, frames, points, sample.occluded, args.mode)
+            metrics.append(run["metrics"])
+            moved += moved_point_counts(run, args.moved_px)
+        results[name] = dict(average_over_videos(metrics), moved_within_1_token=moved[0] / max(moved[1], 1))
         seconds[name] = {"cpu_s": round(time.process_time() - cpu, 2), "wall_s": round(time.perf_counter() - wall, 2),
                          "loadavg_before": round(load_before, 2), "loadavg_after": round(os.getloadavg()[0], 2)}
         print(f"{name:18s} AJ {100 * results[name]['average_jaccard']:.1f} "
               f"delta_avg {100 * results[name]['average_pts_within_thresh']:.1f} "
-              f"OA {100 * results[name]['occlusion_accuracy']:.1f}  ({seconds[name]['cpu_s']} CPU-s)", flush=True)
+              f"OA {100 * results[name]['occlusion_accuracy']:.1f} "
+              f"moved {100 * results[name]['moved_within_1_token']:.1f}  ({seconds[name]['cpu_s']} CPU-s)", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {name: tracker.meta() for name, tracker in trackers.items() if isinstance(tracker, DiffTracker)}
@@ -131,10 +150,10 @@ def run(args) -> None:
         "options": {n: {k: v for k, v in o.items() if k not in ("forwards", "layers_run")} for n, o in options.items()},
         "seconds": seconds})
     lines = [f"Tracker ablation, {backbone.name}, '{args.mode}' queries, {len(videos)} clips (x100).", "",
-             "| row | " + " | ".join(label for label, _ in SUMMARY_COLUMNS[:8]) + " | CPU s |",
-             "|---|" + "---:|" * 9]
+             "| row | " + " | ".join(label for label, _ in COLUMNS) + " | CPU s |",
+             "|---|" + "---:|" * (len(COLUMNS) + 1)]
     for name, r in results.items():
-        cells = [f"{100 * r[metric]:.1f}" for _, metric in SUMMARY_COLUMNS[:8]]
+        cells = [f"{100 * r[metric]:.1f}" for _, metric in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds[name]['cpu_s']} |")
     with atomic_path(out / "ablation.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")

@@ -279,3 +279,14 @@ def test_fixture_maker_is_deterministic(tmp_path):
     for key in ("video", "points", "occluded"):
         assert np.array_equal(a["synthetic_000007"][key], b["synthetic_000007"][key])
 
+
+
+def test_moved_point_counts_score_only_visible_points_more_than_a_token_from_their_query():
+    moved_point_counts = load_benchmark("track_ablation").moved_point_counts
+    queries = np.array([[0, 10.0, 10.0]], np.float32)
+    target = np.array([[[10.0, 10.0], [30.0, 10.0], [50.0, 10.0], [70.0, 10.0]]], np.float32)
+    run = {"queries": queries, "target_points": target,
+           "target_occluded": np.array([[False, False, False, True]]),
+           "query_tracks": np.array([[[10.0, 10.0], [40.0, 12.0], [10.0, 10.0], [70.0, 10.0]]], np.float32)}
+    # frame 0 has not moved and frame 3 is hidden; frame 1 is within 16 px of the truth, frame 2 is not
+    assert moved_point_counts(run, 16.0).tolist() == [1, 2]
