@@ -16,7 +16,7 @@ from difftrack.errors import UserError
 from difftrack.geometry import TokenGeometry
 from difftrack.kernels import MatchResult, match, triton_available
 from difftrack.kernels.reference import dense_cost
-from difftrack.kernels.torch_chunked import match_torch
+from difftrack.kernels.torch_chunked import CPU_HEAD_CHUNK, CPU_WORKING_BUDGET, chunk_sizes, match_torch
 
 FIELDS = [name for name in MatchResult.__dataclass_fields__ if not name.startswith("candidate_")]
 
@@ -161,6 +161,23 @@ def test_chunking_over_points_and_heads_changes_nothing():
     small = match_torch(*bf16, memory_budget=key.shape[1] * key.shape[2] * 4 * 3)
     for name in FIELDS:
         torch.testing.assert_close(getattr(small, name), getattr(match_torch(*bf16), name), msg=name)
+
+
+def test_cpu_steps_take_every_head_while_all_points_fit_and_two_heads_when_they_do_not():
+    video, dim = 3 * 15, 16
+    step_bytes = (5 + 2) * video * 4  # one point with its working rows, all 5 heads
+    assert chunk_sizes(5, 11, video, dim, torch.float32, torch.float32, 11 * step_bytes, cpu=True) == (5, 11)
+    heads, points = chunk_sizes(5, 11, video, dim, torch.float32, torch.float32, 4 * step_bytes, cpu=True)
+    assert heads == CPU_HEAD_CHUNK and points == 4 * step_bytes // ((CPU_HEAD_CHUNK + 2) * video * 4)
+    assert chunk_sizes(5, 11, video, dim, torch.float32, torch.float32, 4 * step_bytes) == (5, 4)  # not on the CPU
+    assert chunk_sizes(5, 11, video, dim, torch.float32, torch.float32, 4 * step_bytes, head_chunk=3, cpu=True)[0] == 3
+    assert chunk_sizes(5, 10**6, video, dim, torch.float32, torch.float32, cpu=True)[1] * (CPU_HEAD_CHUNK + 2) \
+        * video * 4 <= CPU_WORKING_BUDGET
+    query, key, text_key, reverse = make_inputs(heads=5, points=11, frames=3)
+    args = (query, key, 3, 5, 1, text_key, 0.3, 1, reverse)
+    split = match_torch(*args, memory_budget=4 * step_bytes)
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(split, name), getattr(match_torch(*args), name), msg=name)
 
 
 def test_a_point_gets_the_same_bits_alone_or_among_others():

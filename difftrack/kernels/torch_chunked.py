@@ -25,6 +25,12 @@ from difftrack.kernels.common import (
 
 # Working buffers; the rest of a call (outputs, per-chunk statistics) stays within 64 MB with it.
 DEFAULT_MEMORY_BUDGET = 56 * 2**20
+# On the CPU, when a step cannot hold every query point, few heads and many points per step are faster: each
+# key block read from memory then serves more query rows, and the matmul's output stays nearer the cache.
+# Two heads within 40 MB ran fastest of 1-6 heads in 14-56 MB on a 2-core Xeon: at the CogVideoX shapes 1.61
+# CPU-s (2B) and 2.55 (5B) against 2.52 and 5.34 with all heads in 56 MB (benchmarks/results/kernel*.json).
+CPU_HEAD_CHUNK = 2
+CPU_WORKING_BUDGET = 40 * 2**20
 
 
 def _chunk_rows(budget: int, row_bytes: int, total: int) -> int:
@@ -32,17 +38,25 @@ def _chunk_rows(budget: int, row_bytes: int, total: int) -> int:
 
 
 def chunk_sizes(heads: int, points: int, video: int, dim: int, dtype: torch.dtype, key_dtype: torch.dtype,
-                memory_budget: int = DEFAULT_MEMORY_BUDGET, head_chunk: int | None = None) -> tuple[int, int]:
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, head_chunk: int | None = None,
+                cpu: bool = False) -> tuple[int, int]:
     """(heads, query points) per step of :func:`match_torch`, so that its working buffers fit the budget."""
     item = torch.finfo(dtype).bits // 8
     # Keys in another dtype (bf16, fp16) are upcast one head chunk at a time; that copy gets half the budget.
     upcast_bytes_per_head = 0 if key_dtype == dtype else video * dim * item
+    if cpu:
+        memory_budget = min(memory_budget, CPU_WORKING_BUDGET)
+
+    def query_rows(head_chunk):
+        return _chunk_rows(memory_budget - head_chunk * upcast_bytes_per_head, (head_chunk + 2) * video * item,
+                           points)
+
     if head_chunk is None:
         head_chunk = heads if not upcast_bytes_per_head else memory_budget // 2 // upcast_bytes_per_head
+        if cpu and query_rows(max(1, min(head_chunk, heads))) < points:
+            head_chunk = min(head_chunk, CPU_HEAD_CHUNK)
     head_chunk = max(1, min(head_chunk, heads))
-    query_chunk = _chunk_rows(memory_budget - head_chunk * upcast_bytes_per_head, (head_chunk + 2) * video * item,
-                              points)
-    return head_chunk, query_chunk
+    return head_chunk, query_rows(head_chunk)
 
 
 def _row_products(rows: torch.Tensor, columns: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,7 +117,8 @@ def match_torch(query, key, grid_h, grid_w, source_frame, text_key=None, scale=1
     video = key.shape[1]
     frames = video // tokens
     text_len = 0 if text_key is None else text_key.shape[1]
-    head_chunk, query_chunk = chunk_sizes(heads, points, video, dim, dtype, key.dtype, memory_budget, head_chunk)
+    head_chunk, query_chunk = chunk_sizes(heads, points, video, dim, dtype, key.dtype, memory_budget, head_chunk,
+                                          cpu=device.type == "cpu")
 
     backward = None
     if reverse is not None:
