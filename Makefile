@@ -34,7 +34,7 @@ install-all: venv
 demo: install
 	mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/difftrack synth $(DEMO_DIR)/demo.mp4 --photo --speed 0.6 --seed 400 --frames 24 --size 256
-	$(VENV)/bin/difftrack track $(DEMO_DIR)/demo.mp4 --grid 10 --out $(DEMO_DIR)/demo_tracks
+	$(VENV)/bin/difftrack track $(DEMO_DIR)/demo.mp4 --gt $(DEMO_DIR)/demo_gt.npz --out $(DEMO_DIR)/demo_tracks
 
 test: install-test
 	$(PYTHON) -m pytest -q

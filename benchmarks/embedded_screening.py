@@ -49,6 +49,9 @@ RECIPES = {
     "layers-8": ("8 blocks", ["--layers", "8"], 1.27),
     "masked-patches": ("a quarter of the patches pure noise in half the clips (restored only by copying from "
                        "another frame)", ["--mask-patches", "0.25"], 1.0),
+    "masked-half-curriculum": ("half the patches pure noise in half the clips, consecutive frames only for the first "
+                               "half of the steps (copying learnt at one frame gap first)",
+                               ["--mask-patches", "0.5", "--curriculum", "0.5"], 1.0),
 }
 
 

@@ -215,6 +215,32 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
+def load_tracks(path: str | os.PathLike, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Tracks (T, N, 2), visibility (T, N) and queries (N, 3) (None when the file has none) from an npz in
+    `difftrack track`'s format, as `difftrack synth` writes its ground truth."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UserError(f"tracks file {path} does not exist; pass the .npz written by `difftrack track` or "
+                        f"`difftrack synth`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            tracks, visible = np.asarray(data["tracks"], np.float32), np.asarray(data["visibility"], bool)
+            queries = np.asarray(data["queries"], np.float32) if "queries" in data.files else None
+    except (KeyError, ValueError, OSError) as exc:
+        raise UserError(f"tracks file {path} is not an npz with 'tracks' (T, N, 2) and 'visibility' (T, N) "
+                        f"({str(exc).splitlines()[0][:80]})") from None
+    if tracks.ndim != 3 or tracks.shape[2] != 2 or visible.shape != tracks.shape[:2]:
+        raise UserError(f"tracks file {path} holds tracks {tracks.shape} and visibility {visible.shape}; "
+                        f"expected (T, N, 2) and (T, N)")
+    if queries is not None and queries.shape != (tracks.shape[1], 3):
+        raise UserError(f"tracks file {path} holds queries {queries.shape}; expected ({tracks.shape[1]}, 3) as "
+                        f"(t, x, y), one per track")
+    if tracks.shape[0] != num_frames:
+        raise UserError(f"tracks file {path} has {tracks.shape[0]} frames but the video has {num_frames}; "
+                        f"pass the tracks of this video")
+    return tracks, visible, queries
+
+
 def check_points(queries: np.ndarray, num_frames: int, height: int, width: int) -> None:
     """Query frames must exist and points must lie inside the frame (pixel edges included)."""
     for i, (t, x, y) in enumerate(queries):

@@ -51,6 +51,11 @@ TRACK = [
     (["track", "{in}/clip.mp4", "--out", "{file}/tracks"], "is a file, not a directory"),
     (["track", "{in}/clip.mp4", "--out", "{ro}/tracks"], "cannot write in"),
     (["track", "{in}/clip.mp4", "--out", "{out}/missing/tracks"], "does not exist"),
+    (["track", "{in}/clip.mp4", "--gt", "{in}/missing_gt.npz"], "does not exist"),
+    (["track", "{in}/clip.mp4", "--gt", "{in}/gt_without_queries.npz"], "holds no 'queries'"),
+    (["track", "{in}/clip.mp4", "--gt", "{in}/gt_of_another_video.npz"], "has 5 frames but the video has 8"),
+    (["track", "{in}/clip.mp4", "--gt", "{in}/gt_outside.npz"], "lies outside"),
+    (["track", "{in}/clip.mp4", "--gt", "{in}/gt_outside.npz", "--grid", "3"], "not allowed with argument"),
 ]
 
 ANALYZE = [
@@ -176,6 +181,11 @@ def inputs(tmp_path_factory) -> Path:
     (folder / "not_json.json").write_text("[[0, 1,")
     (folder / "outside.json").write_text(json.dumps([[0, 500.0, 10.0]]))
     (folder / "late.json").write_text(json.dumps([{"t": 40, "x": 10.0, "y": 10.0}]))
+    tracks, visibility = np.full((8, 2, 2), 10.0, np.float32), np.ones((8, 2), bool)
+    np.savez(folder / "gt_without_queries.npz", tracks=tracks, visibility=visibility)
+    np.savez(folder / "gt_of_another_video.npz", tracks=tracks[:5], visibility=visibility[:5],
+             queries=np.float32([[0, 10, 10], [0, 10, 10]]))
+    np.savez(folder / "gt_outside.npz", tracks=tracks, visibility=visibility, queries=np.float32([[0, 10, 10], [0, 99, 9]]))
     video = np.zeros((4, 16, 16, 3), np.uint8)
     entry = {"video": video, "points": np.zeros((3, 5, 2), np.float32), "occluded": np.zeros((3, 4), bool)}
     (folder / "bad_shape.pkl").write_bytes(pickle.dumps({"clip": entry}))

@@ -8,6 +8,7 @@ import torch
 from difftrack.backbones.cogvideox import CogVideoXBackbone
 from difftrack.cli import main
 from difftrack.errors import UserError
+from difftrack.data.synthetic import generate_clip
 from difftrack.io import write_video
 from difftrack.testing import save_pipeline, tiny_components
 from difftrack.capture import sample_descriptors
@@ -116,6 +117,34 @@ def test_track_cli_writes_documented_outputs(tmp_path, pipeline_dir):
     assert meta["layers"] == [1] and meta["noise"] == "add" and "difftrack_version" in meta
     assert out.with_suffix(".mp4").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "pts.json", "res.json", "res.mp4", "res.npz"]
+
+
+def test_track_cli_scores_against_ground_truth_next_to_the_baselines(tmp_path, pipeline_dir, capsys):
+    clip = generate_clip(5, num_frames=6, height=32, width=48)
+    video = tmp_path / "clip.mp4"
+    write_video(video, clip.video)
+    queries = np.float32([[0, 8.5, 8.5], [0, 30.5, 20.5], [2, 20.5, 12.5]])
+    truth, visible = clip.track(queries)  # (N, T, 2), (N, T)
+    gt = tmp_path / "clip_gt.npz"
+    np.savez(gt, tracks=truth.transpose(1, 0, 2), visibility=visible.T, queries=queries)
+    out = tmp_path / "res"
+    assert main(["track", str(video), "--gt", str(gt), "--model", str(pipeline_dir), "--num-steps", "10", "--steps",
+                 "9", "--no-video", "--out", str(out)]) == 0
+    saved = np.load(out.with_suffix(".npz"))
+    assert np.allclose(saved["queries"], queries)
+    scores = json.loads(out.with_suffix(".json").read_text())["scores"]
+    assert set(scores) == {"difftrack", "zero_motion", "lucas_kanade"}
+    # zero motion, scored by hand: frames after each query frame, at 256x256, visible truth within d px
+    scale = np.float32([256 / 48, 256 / 32])
+    scored = np.arange(6)[None] > queries[:, :1]
+    distance = np.linalg.norm((truth - queries[:, None, 1:]) * scale, axis=-1)
+    expected = np.mean([(distance < d)[scored & visible].mean() for d in (1, 2, 4, 8, 16)])
+    assert scores["zero_motion"]["average_pts_within_thresh"] == pytest.approx(expected)
+    tracks = saved["tracks"].transpose(1, 0, 2)
+    mine = np.linalg.norm((tracks - truth) * scale, axis=-1)
+    assert scores["difftrack"]["pts_within_16"] == pytest.approx((mine < 16)[scored & visible].mean())
+    printed = capsys.readouterr().out
+    assert "zero_motion" in printed and "lucas_kanade" in printed
 
 
 @pytest.mark.parametrize("points, message", [

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
-from difftrack.io import read_video
+from difftrack.io import load_tracks, read_video
 
 
 @dataclass
@@ -65,25 +64,6 @@ class VideoJob:
         return {k: v for k, v in asdict(self).items() if v not in (None, {})}
 
 
-def load_tracks(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tracks (T, N, 2) and visibility (T, N) from an npz written by `difftrack track`."""
-    if not os.path.isfile(path):
-        raise UserError(f"tracks file {path} does not exist; pass the .npz written by `difftrack track`")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            tracks, visible = np.asarray(data["tracks"], np.float32), np.asarray(data["visibility"], bool)
-    except (KeyError, ValueError, OSError) as exc:
-        raise UserError(f"tracks file {path} is not an npz with 'tracks' (T, N, 2) and 'visibility' (T, N) "
-                        f"({str(exc).splitlines()[0][:80]})") from None
-    if tracks.ndim != 3 or tracks.shape[2] != 2 or visible.shape != tracks.shape[:2]:
-        raise UserError(f"tracks file {path} holds tracks {tracks.shape} and visibility {visible.shape}; "
-                        f"expected (T, N, 2) and (T, N)")
-    if tracks.shape[0] != num_frames:
-        raise UserError(f"tracks file {path} has {tracks.shape[0]} frames but the video has {num_frames}; "
-                        f"pass the tracks of this video")
-    return tracks, visible
-
-
 def generation_size(backbone, config: AnalysisConfig) -> tuple[int, int, int]:
     """(frames, height, width) of generated videos: the model's trained sample size unless overridden."""
     frames, height, width = backbone.generation_size(config.num_frames, config.height, config.width)
@@ -104,7 +84,7 @@ def load_video(job: VideoJob, backbone, config: AnalysisConfig):
         video, _ = read_video(job.path)
         tracks = visible = None
         if job.tracks:
-            tracks, visible = load_tracks(job.tracks, len(video))
+            tracks, visible, _ = load_tracks(job.tracks, len(video))
     elif job.kind == "tapvid":
         from difftrack.data.tapvid import TapVidReader, to_protocol
 

@@ -17,6 +17,11 @@ examples:
   difftrack track clip.mp4 --grid 8 --layers auto --recommendation runs/analysis
   difftrack track clip.mp4 --grid 8 --noise-draws 4 --temporal none   # DIFT-style ensemble, per-frame argmax
   difftrack track clip.mp4 --grid 8 --model THUDM/CogVideoX-5b --layers 17 --steps 49 --num-steps 50
+  difftrack synth clip.mp4 && difftrack track clip.mp4 --gt clip_gt.npz   # track the truth's queries, score them
+
+With --gt the tracks are scored against the ground truth next to zero motion and Lucas-Kanade (TAP-Vid
+metrics: average Jaccard, delta_avg = points within 1-16 px, occlusion accuracy; frames after each query
+frame, coordinates scaled to 256x256 as TAP-Vid scores them); the scores go to OUT.json's "scores".
 
 points JSON: [{"t": 0, "x": 12.5, "y": 40.0}, ...] or [[t, x, y], ...] in the video's own pixels.
 """
@@ -32,7 +37,10 @@ import numpy as np
 import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE
 from difftrack.errors import UserError
-from difftrack.io import atomic_path, check_points, load_points, read_video, write_video
+from difftrack.data.tapvid import PROTOCOL_SIZE
+from difftrack.io import atomic_path, check_points, format_number, json_safe, load_points, load_tracks, read_video
+from difftrack.io import write_video
+from difftrack.metrics import compute_tapvid_metrics
 from difftrack.noising import NOISE_MODES
 from difftrack.options import add_device_arguments, backbone_options, check_output_file, integer, number
 from difftrack.options import output_prefix, positive, seed
@@ -48,6 +56,9 @@ def add_arguments(p):
     src.add_argument("--points", help="JSON file of query points (t, x, y) in pixels")
     src.add_argument("--grid", type=integer(min=1), metavar="N",
                      help=f"query an N x N grid of points on --grid-frame (default without --points: {DEFAULT_GRID})")
+    src.add_argument("--gt", metavar="GT.npz",
+                     help="ground truth in this command's npz format (tracks, visibility, queries; `difftrack synth` "
+                          "writes one): track its queries and score the tracks against it")
     p.add_argument("--grid-frame", type=integer(min=0), default=0, help="frame of the --grid queries (default 0)")
     p.add_argument("--model", default=DEFAULT_BACKBONE,
                    help=f"registry name, hub id or local pipeline dir (default {DEFAULT_BACKBONE}; see `difftrack models`)")
@@ -110,7 +121,13 @@ def run(args):
 
     video, fps = read_video(args.video)
     num_frames, height, width = video.shape[:3]
-    if args.points:
+    truth = None
+    if args.gt:
+        *truth, queries = load_tracks(args.gt, num_frames)
+        if queries is None:
+            raise UserError(f"ground truth {args.gt} holds no 'queries' (N, 3) as (t, x, y); write it with "
+                            f"`difftrack synth` or add the queries, one per track")
+    elif args.points:
         queries = load_points(args.points)
     else:
         if not 0 <= args.grid_frame < num_frames:
@@ -139,14 +156,38 @@ def run(args):
 
     meta = {**tracker.meta(), "difftrack_version": difftrack.__version__, "seconds": round(seconds, 3),
             "video": str(args.video), "frames": num_frames, "height": height, "width": width}
+    scores = None
+    if truth is not None:
+        from difftrack.baselines import BASELINES
+
+        predictions = {"difftrack": (tracks, visible),
+                       **{name: BASELINES[name](video, queries) for name in ("zero_motion", "lucas_kanade")}}
+        scores = score_tracks(queries, *truth, predictions, height, width)
     overlay = None if args.no_video else draw_tracks(video, tracks, visible, queries)
     # Write everything to temporary names first, so a failure leaves no partial set of outputs.
     with atomic_path(out.with_suffix(".npz")) as npz_tmp, atomic_path(out.with_suffix(".json")) as json_tmp:
         np.savez(npz_tmp, tracks=tracks.astype(np.float32), visibility=visible, queries=queries.astype(np.float32))
         json_tmp.write_text(json.dumps({"tracks": tracks.tolist(), "visibility": visible.tolist(),
-                                        "queries": queries.tolist(), "meta": meta}))
+                                        "queries": queries.tolist(), "meta": meta,
+                                        **({"scores": json_safe(scores)} if scores else {})}))
         if overlay is not None:
             write_video(out.with_suffix(".mp4"), overlay, fps)
     print(f"tracked {len(queries)} points over {num_frames} frames in {seconds:.1f} s "
           f"({num_frames / max(seconds, 1e-9):.2f} frames/s, {tracker.stats.forwards} forwards) -> "
           f"{out.with_suffix('.npz')}, {out.with_suffix('.json')}" + ("" if args.no_video else f", {out.with_suffix('.mp4')}"))
+    if scores:
+        print(f"against {args.gt} (x100: average Jaccard / delta_avg / occlusion accuracy):")
+        for name, metrics in scores.items():
+            print(f"  {name:12s} {format_number(metrics['average_jaccard'], '.1f', scale=100):>5s} / "
+                  f"{format_number(metrics['average_pts_within_thresh'], '.1f', scale=100):>5s} / "
+                  f"{format_number(metrics['occlusion_accuracy'], '.1f', scale=100):>5s}")
+
+
+def score_tracks(queries, gt_tracks, gt_visible, predictions: dict, height: int, width: int) -> dict:
+    """TAP-Vid metrics ('first' queries, at 256x256) of each named (tracks (T, N, 2), visibility (T, N))."""
+    scale = np.float32([PROTOCOL_SIZE / width, PROTOCOL_SIZE / height])
+    protocol_queries = np.concatenate([queries[:, :1], queries[:, 1:] * scale], axis=1)
+    return {name: compute_tapvid_metrics(protocol_queries, ~gt_visible.T, gt_tracks.transpose(1, 0, 2) * scale,
+                                         ~np.asarray(visible, bool).T, np.asarray(tracks).transpose(1, 0, 2) * scale,
+                                         "first")
+            for name, (tracks, visible) in predictions.items()}
