@@ -52,6 +52,9 @@ RECIPES = {
     "masked-half-curriculum": ("half the patches pure noise in half the clips, consecutive frames only for the first "
                                "half of the steps (copying learnt at one frame gap first)",
                                ["--mask-patches", "0.5", "--curriculum", "0.5"], 1.0),
+    "masked-anchor": ("three quarters of the patches pure noise in half the clips, frame 0 nearly clean in half the "
+                      "clips (a clean source to copy from; the twin cannot copy across frames)",
+                      ["--mask-patches", "0.75", "--anchor-clean", "0.5"], 1.0),
 }
 
 
