@@ -30,13 +30,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # One CPU thread a training process: four processes with a thread pool of one thread a core each, next to the
 # render workers, spend their time waiting on each other (on 2 cores, four tiny runs side by side took 26-33 s
 # with torch's default threads and 3.5-3.8 s with one thread each; see results/embedded/gpu-v3/README.md).
+cores=$(nproc)  # before the export below: nproc honours OMP_NUM_THREADS
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-cores=$(nproc)
 
 read -ra step_args <<<"${TRAIN_ARGS:---device cuda --batch 32 --sample-frames 8}"
 common=("${step_args[@]}" --checkpoint-minutes 1)
-recipe_names=(v3-plain v3-masked)
-declare -A recipes=([v3-plain]="" [v3-masked]="--mask-patches 0.25 --anchor-clean 0.25")
+# The CPU screening's best row (results/embedded/long_run.md, 2026-12-05: the first video model to train below
+# its twin), as screened and with the 8 blocks of the other screening winner.
+recipe_names=(v3-masked-anchor v3-masked-anchor-8)
+declare -A recipes=([v3-masked-anchor]="--mask-patches 0.75 --anchor-clean 0.5"
+                    [v3-masked-anchor-8]="--mask-patches 0.75 --anchor-clean 0.5 --layers 8")
 runs=()
 for recipe in "${recipe_names[@]}"; do runs+=("$recipe-video" "$recipe-image"); done
 workers=$(( (cores - ${#runs[@]}) / ${#runs[@]} ))
