@@ -13,12 +13,18 @@ estimated from the costs of every token of the start frame, with one candidate p
 A second pass runs the windows in reverse for the frames before each query's frame. Forwards grow with
 T / window, whatever the queries; a query's result never depends on the other queries.
 
-Occlusion: the Viterbi occluded state, forward-backward cycle consistency (matching each predicted
-position back into the frame the window's segment started from) and peak confidence together.
+Occlusion: the Viterbi occluded state, forward-backward cycle consistency (matching the token under each
+predicted position back into the frame the window's segment started from) and peak confidence together.
+The occluded state moves with the dominant motion, and a frame's presence (its share of the point's joint
+attention, from the kernel's joint scores, against the best frame's) weighs against the visible states: a
+covered point's per-frame softmax still peaks confidently on a neighbour, but the frame as a whole holds
+nothing like it. A point the dominant motion carries out of the frame is occluded. A track that ends a
+window occluded starts the next one occluded, matched with its descriptor from the last frame it was seen on.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
@@ -62,6 +68,9 @@ class TrackerConfig:
     # Weight of the scene's dominant motion (estimated from all tokens' costs) in the motion prior; 0: off.
     background_weight: float = MotionModel.background_weight
     background_sigma: float = MotionModel.background_sigma
+    # Weight of log(presence), the frame's share of the point's joint attention against the best frame's,
+    # on visible states: how strongly a frame where nothing matches the point well reads as "occluded".
+    presence_weight: float = MotionModel.presence_weight
     cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
     peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
     seed: int = 0
@@ -133,6 +142,8 @@ class DiffTracker:
         if not 0 <= cfg.background_weight <= 1 or not cfg.background_sigma > 0:
             raise UserError("background_weight must lie in [0, 1] and background_sigma be positive, got "
                             f"{cfg.background_weight} and {cfg.background_sigma}")
+        if not cfg.presence_weight >= 0:
+            raise UserError(f"presence_weight must be a number >= 0, got {cfg.presence_weight}")
         self.config = cfg
         self.stats = TrackerStats()
         self._conditioning = None  # the empty prompt's (embeddings, extras), computed once
@@ -179,18 +190,21 @@ class DiffTracker:
     def track_window(self, window_latents, geometry, frames: list[int], direction: int, state: "TrackState") -> None:
         """Extend every track whose current end lies in ``frames`` (and has frames left there in ``direction``)
         to the window's far end; ``window_latents`` are the latents of ``frames``. Skips the forward when no
-        track needs the window."""
+        track needs the window. A track that ends a window occluded starts the next one occluded, matched with
+        the descriptor of the last frame it was seen on (the frame it starts from shows its occluder)."""
         last = frames[-1] if direction > 0 else frames[0]
         ends = state.end_frame
         active = np.nonzero((ends >= min(frames)) & (ends <= max(frames)) & (ends != last))[0]
         if not len(active):
             return
         q_all, k_all = self._descriptors(window_latents, frames)
-        for start_frame in sorted(set(ends[active].tolist())):
-            idx = active[ends[active] == start_frame]
+        groups = sorted(set(zip(ends[active].tolist(), state.end_hidden[active].tolist())))
+        for start_frame, start_hidden in groups:
+            idx = active[(ends[active] == start_frame) & (state.end_hidden[active] == start_hidden)]
             targets = list(range(start_frame + direction, last + direction, direction))
-            xy, hidden, cycle_error, peak = self._extend(q_all, k_all, geometry, frames, start_frame, targets,
-                                                        torch.from_numpy(state.end_xy[idx]))
+            anchor = state.anchors[:, idx].to(q_all) if start_hidden else None
+            xy, hidden, cycle_error, peak, anchor = self._extend(
+                q_all, k_all, geometry, frames, start_frame, targets, torch.from_numpy(state.end_xy[idx]), anchor)
             for j, f in enumerate(targets):
                 state.tracks[f, idx] = geometry.token_to_pixel(xy[:, j].numpy())
                 state.hidden[f, idx] = hidden[:, j].numpy()
@@ -198,6 +212,8 @@ class DiffTracker:
                 state.peak[f, idx] = peak[:, j].numpy()
             state.end_frame[idx] = last
             state.end_xy[idx] = xy[:, -1].numpy()
+            state.end_hidden[idx] = hidden[:, -1].numpy()
+            state.keep_anchors(idx, anchor)
 
     def meta(self) -> dict:
         return {"model": self.backbone.name, "device": str(self.backbone.device),
@@ -239,20 +255,23 @@ class DiffTracker:
                 break  # clean and inverted latents do not depend on a noise draw
         return torch.cat(qs), torch.cat(ks)
 
-    def _extend(self, q_all, k_all, geometry, frames, start_frame, targets, start_xy):
+    def _extend(self, q_all, k_all, geometry, frames, start_frame, targets, start_xy, anchor=None):
         """Positions (n, F_t, 2) in token units, hidden (n, F_t), cycle error and peak on the ``targets``
-        frames of a window, for tracks at ``start_xy`` (n, 2) on ``start_frame``."""
+        frames of a window, for tracks at ``start_xy`` (n, 2) on ``start_frame``, and each track's descriptor
+        (H, n, D) on the last target frame it is visible on. ``anchor`` (H, n, D): the tracks start occluded
+        and are matched with these descriptors."""
         cfg = self.config
         grid = (geometry.grid_h, geometry.grid_w)
         tokens = geometry.tokens_per_frame
         src = frames.index(start_frame)
         local = [frames.index(f) for f in targets]
-        reverse = None
-        if cfg.bidirectional:
-            nearest = geometry.nearest_token(geometry.token_to_pixel(start_xy.numpy()))
-            reverse = (q_all, torch.from_numpy(nearest).to(q_all.device))
         start_xy = start_xy.to(q_all.device)
-        query = sample_descriptors(q_all[:, src * tokens:(src + 1) * tokens], start_xy, grid)
+        start_hidden = anchor is not None
+        reverse = None
+        if cfg.bidirectional and not start_hidden:  # an occluded start has no token of its own to match back from
+            nearest = geometry.nearest_token(geometry.token_to_pixel(start_xy.cpu().numpy()))
+            reverse = (q_all, torch.from_numpy(nearest).to(q_all.device))
+        query = anchor if start_hidden else sample_descriptors(q_all[:, src * tokens:(src + 1) * tokens], start_xy, grid)
         fwd = match(query, k_all, grid, src, reverse=reverse, window=cfg.refine_window, backend=cfg.backend,
                     candidates=cfg.candidates if cfg.temporal == "viterbi" else 0)
         # Without a soft-argmax a match is a token centre; the point keeps its own place inside the token.
@@ -260,33 +279,50 @@ class DiffTracker:
         if cfg.temporal == "viterbi":
             model = MotionModel(sigma=cfg.motion_sigma, emission_weight=cfg.emission_weight,
                                 occluded_log_cost=cfg.occluded_log_cost, background_weight=cfg.background_weight,
-                                background_sigma=cfg.background_sigma)
+                                background_sigma=cfg.background_sigma, presence_weight=cfg.presence_weight)
             positions = self._positions(fwd.candidate_index, fwd.candidate_refined, local, grid) + offset[:, None, None]
             costs = fwd.candidate_cost[:, local].float()
             background_steps = None
             if cfg.background_weight:
                 shift = dominant_shift(q_all, k_all, grid, src, local)  # (F_t, 2) from the start frame
                 background_steps = torch.diff(shift, dim=0, prepend=torch.zeros_like(shift[:1]))
-                # one more candidate per frame: exactly where the dominant motion takes the point (kept in view)
+                # one more candidate per frame: exactly where the dominant motion takes the point
                 follow = start_xy[:, None] + shift[None]
-                follow = torch.stack([follow[..., 0].clamp(0, grid[1]), follow[..., 1].clamp(0, grid[0])], -1)
                 positions = torch.cat([positions, follow[:, :, None]], 2)
                 costs = torch.cat([costs, cost_at(follow, fwd.candidate_index[:, local], costs, grid)[..., None]], 2)
-            xy, hidden = viterbi_decode(start_xy, positions, costs, model, background_steps)
+            mass = fwd.mass_frames[:, local].float()
+            presence = mass / mass.amax(1, keepdim=True).clamp_min(1e-30)
+            xy, hidden = viterbi_decode(start_xy, positions, costs, model, background_steps, presence,
+                                        torch.full((len(start_xy),), start_hidden, device=start_xy.device),
+                                        bounds=(grid[1], grid[0]))
         else:
             xy = self._positions(fwd.argmax, fwd.refined, local, grid) + offset[:, None]
             hidden = torch.zeros(xy.shape[:2], dtype=torch.bool, device=xy.device)
+        hidden = hidden | (xy[..., 0] < 0) | (xy[..., 0] > grid[1]) | (xy[..., 1] < 0) | (xy[..., 1] > grid[0])
         peak = fwd.peak[:, local].float()
 
-        # Forward-backward cycle: from each predicted position, match back into the segment's start frame.
+        # Forward-backward cycle: from the token under each predicted position (a sub-token sample near an
+        # occluder's edge would blend in the occluder), match back into the segment's start frame.
         n, nf = xy.shape[:2]
-        back_queries = torch.cat([sample_descriptors(q_all[:, j * tokens:(j + 1) * tokens], xy[:, i], grid)
-                                  for i, j in enumerate(local)], dim=1)  # (H, nf * n, D), frame-major
+        centres = xy.floor() + 0.5
+        centres = torch.stack([centres[..., 0].clamp(0.5, grid[1] - 0.5), centres[..., 1].clamp(0.5, grid[0] - 0.5)], -1)
+        frame_queries = [sample_descriptors(q_all[:, j * tokens:(j + 1) * tokens], centres[:, i], grid)
+                         for i, j in enumerate(local)]
+        back_queries = torch.cat(frame_queries, dim=1)  # (H, nf * n, D), frame-major
         start_keys = k_all[:, src * tokens:(src + 1) * tokens]
         back = match(back_queries, start_keys, grid, 0, window=cfg.refine_window, backend=cfg.backend)
         back_xy = back.refined[:, 0].float().view(nf, n, 2).transpose(0, 1)
         cycle_error = (back_xy - (start_xy - offset)[:, None].to(back_xy)).norm(dim=-1)
-        return xy.cpu(), hidden.cpu(), cycle_error.cpu(), peak.cpu()
+        if start_hidden:
+            cycle_error = torch.zeros_like(cycle_error)  # no frame where the point is seen to return to
+
+        seen = ~hidden
+        last_seen = torch.where(seen, torch.arange(nf, device=seen.device), -1).amax(1)  # (n,)
+        stacked = torch.stack(frame_queries, 0)  # (nf, H, n, D)
+        points = torch.arange(n, device=stacked.device)
+        kept = stacked[last_seen.clamp_min(0), :, points].transpose(0, 1)  # (H, n, D)
+        kept = torch.where((last_seen >= 0)[None, :, None], kept, query.to(kept))
+        return xy.cpu(), hidden.cpu(), cycle_error.cpu(), peak.cpu(), kept
 
     def _positions(self, index, refined, local: list[int], grid) -> torch.Tensor:
         """Token positions of matches on the ``local`` frames: the soft-argmax, or with ``refine_window=0`` the
@@ -334,23 +370,30 @@ def dominant_shift(q_all, k_all, grid, src: int, targets: list[int], memory_budg
 
 
 def _parabola_peak(values: torch.Tensor, at: int) -> float:
-    """Sub-sample offset in [-0.5, 0.5] of the peak of a parabola through ``values`` at at - 1, at, at + 1."""
+    """Sub-sample offset in [-0.5, 0.5] of the peak of a parabola through the logs of ``values`` (> 0) at
+    at - 1, at, at + 1: exact for a Gaussian peak, which a softmax of logits quadratic near their maximum
+    is (a parabola through the values themselves biases every estimate towards the sample, and chained
+    windows add the biases up)."""
     if at == 0 or at == len(values) - 1:
         return 0.0
-    left, middle, right = (float(v) for v in values[at - 1:at + 2])
+    # A neighbour under a thousandth of the peak (7 logits below it) says nothing about the peak's shape (a sharp
+    # peak over noise, not a Gaussian one): floored there, two such neighbours leave the peak on its sample.
+    floor = 1e-3 * float(values[at])
+    left, middle, right = (math.log(max(float(v), floor, 1e-30)) for v in values[at - 1:at + 2])
     curvature = left - 2.0 * middle + right
     return 0.0 if curvature >= 0 else max(-0.5, min(0.5, 0.5 * (left - right) / curvature))
 
 
 def cost_at(xy: torch.Tensor, candidate_index: torch.Tensor, candidate_cost: torch.Tensor, grid) -> torch.Tensor:
     """Cost (N, F) of the token under each position xy (N, F, 2), read from the candidates (N, F, K); a
-    token outside them gets the smallest candidate cost, an upper bound."""
+    token outside them gets the smallest candidate cost, an upper bound; a position outside the frame 0."""
     grid_h, grid_w = grid
+    inside = (xy[..., 0] >= 0) & (xy[..., 0] < grid_w) & (xy[..., 1] >= 0) & (xy[..., 1] < grid_h)
     col = xy[..., 0].floor().long().clamp(0, grid_w - 1)
     row = xy[..., 1].floor().long().clamp(0, grid_h - 1)
     hit = candidate_index == (row * grid_w + col)[..., None]
     found = (candidate_cost * hit).amax(-1)
-    return torch.where(hit.any(-1), found, candidate_cost.amin(-1))
+    return torch.where(inside, torch.where(hit.any(-1), found, candidate_cost.amin(-1)), 0.0)
 
 
 @dataclass
@@ -365,6 +408,14 @@ class TrackState:
     peak: np.ndarray  # (T, N)
     end_frame: np.ndarray | None = None
     end_xy: np.ndarray | None = None
+    end_hidden: np.ndarray | None = None
+    anchors: torch.Tensor | None = None  # (H, N, D): each track's descriptor where it was last seen
+
+    def keep_anchors(self, idx: np.ndarray, descriptors: torch.Tensor) -> None:
+        if self.anchors is None:
+            heads, _, dim = descriptors.shape
+            self.anchors = descriptors.new_zeros(heads, len(self.queries), dim)
+        self.anchors[:, torch.from_numpy(idx).to(self.anchors.device)] = descriptors.to(self.anchors)
 
     @classmethod
     def start(cls, queries: np.ndarray, geometry, num_frames: int) -> "TrackState":
@@ -389,6 +440,7 @@ class TrackState:
         """Every track starts the pass at its query."""
         self.end_frame = self.queries[:, 0].astype(int).copy()
         self.end_xy = self.start_xy.copy()
+        self.end_hidden = np.zeros(len(self.queries), bool)
 
 
 class DiffTrackerOnline:

@@ -69,3 +69,48 @@ def test_the_motion_prior_without_background_is_the_plain_gaussian():
     assert motion_log_prior(near, background, torch.zeros(2)) > motion_log_prior(near, model) + 2.0
     assert torch.allclose(motion_log_prior(far, background, torch.zeros(2)),
                           motion_log_prior(far, model) + math.log(0.7))  # far from the pan: the free part alone
+
+
+def _pan(frames=8, pan=(0.5, 0.0), start=(3.25, 4.5)):
+    """A wall point panning ``pan`` tokens a frame: candidate 0 on it, candidate 1 one token beside it."""
+    step = torch.tensor(pan)
+    truth = torch.tensor(start) + step * torch.arange(1, frames + 1, dtype=torch.float32)[:, None]
+    positions = torch.stack([truth, truth + torch.tensor([0.0, 1.0])], 1)[None]
+    costs = torch.tensor([0.6, 0.3]).repeat(frames, 1)[None]
+    return torch.tensor([start]), positions, costs, truth, step.repeat(frames, 1)
+
+
+def test_an_occluded_point_moves_with_the_scene_and_reappears_on_its_path():
+    start, positions, costs, truth, steps = _pan()
+    costs[0, 3:5, 0] = 1e-6  # covered on frames 3-4: its own token shows the occluder, its neighbour still matches
+    presence = torch.ones(1, 8)
+    model = MotionModel(sigma=2.0, background_weight=0.5)
+    xy, hidden = viterbi_decode(start, positions, costs, model, steps, presence)
+    assert not hidden.any()  # without presence the neighbour is a fine explanation
+    presence[0, 3:5] = 0.05  # the frames get a twentieth of the attention the best frame gets
+    xy, hidden = viterbi_decode(start, positions, costs, model, steps, presence)
+    assert hidden[0].tolist() == [False] * 3 + [True] * 2 + [False] * 3
+    assert torch.allclose(xy[0], truth)  # hidden positions keep moving with the pan
+
+
+def test_a_point_the_scene_carries_out_of_view_stays_hidden_there():
+    start, positions, costs, truth, steps = _pan(frames=8, pan=(-1.0, 0.0), start=(3.25, 4.5))
+    inside = truth[:, 0] >= 0
+    costs[0, ~inside] = 1e-6  # nothing in the frame matches once the point has left it
+    positions[0, ~inside] = positions[0, ~inside].clamp_min(0.5)  # candidates are tokens of the frame
+    xy, hidden = viterbi_decode(start, positions, costs, MotionModel(sigma=2.0, background_weight=0.5), steps,
+                                bounds=(8, 8))
+    assert hidden[0].tolist() == (~inside).tolist()
+    assert torch.allclose(xy[0], truth)
+
+
+def test_a_segment_can_start_occluded_and_pays_to_reappear():
+    start, positions, costs, truth, steps = _pan(frames=4)
+    model = MotionModel(sigma=2.0, background_weight=0.5, leave_cost=4.0)
+    xy, hidden = viterbi_decode(start, positions, costs, model, steps, start_hidden=torch.tensor([True]))
+    assert not hidden.any() and torch.allclose(xy[0], truth)
+    costs[0, 0, 0] = 1e-3  # the first frame's match is weak: staying hidden one more frame is cheaper
+    xy, hidden = viterbi_decode(start, positions, costs, model, steps, start_hidden=torch.tensor([True]))
+    assert hidden[0].tolist() == [True, False, False, False]
+    xy, hidden = viterbi_decode(start, positions, costs, model, steps)
+    assert not hidden[0, 0]  # a visible start pays to enter instead

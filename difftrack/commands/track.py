@@ -9,6 +9,10 @@ per window serves every query in it, so the cost grows with the video length, no
 query frames. Within a window each frame's best candidate tokens are chained by a Viterbi pass with a
 motion prior and an occluded state (--temporal none: per-frame argmax); the prior mixes free motion with
 the scene's dominant motion, so points on a panning wall follow the pan (--background-weight 0: off).
+An occluded point moves on with that motion; a frame that gets little of the point's joint attention
+(a covered point: nothing there looks like it) reads as occluded (--presence-weight 0: off), and a point
+the motion carries out of the frame is occluded there. A track that leaves a window occluded starts the
+next one occluded, matched with its descriptor from the last frame it was seen on.
 
 examples:
   difftrack track clip.mp4 --grid 8                     # 8x8 grid on frame 0, embedded model
@@ -83,6 +87,10 @@ def add_arguments(p):
                    help="weight of the scene's dominant motion (a camera pan, estimated from the costs of all the "
                         f"frame's tokens) in the viterbi pass's motion prior; 0 turns it off (default "
                         f"{TrackerConfig.background_weight})")
+    p.add_argument("--presence-weight", type=number(min=0), default=None,
+                   help="weight of log(presence) on visible states of the viterbi pass: presence is a frame's share "
+                        "of the point's joint attention against the best frame's; 0 turns it off (default "
+                        f"{TrackerConfig.presence_weight})")
     p.add_argument("--candidates", type=positive, default=None, help="tokens per frame the viterbi pass picks from "
                                                                       f"(default {TrackerConfig.candidates})")
     p.add_argument("--noise-draws", type=positive, default=1,
@@ -146,7 +154,8 @@ def run(args):
                "noise": args.noise, "window": args.window, "bidirectional": not args.no_bidirectional,
                "seed": args.seed}
     options.update(temporal=args.temporal, noise_draws=args.noise_draws)
-    for name in ("cycle_threshold", "motion_sigma", "background_weight", "candidates", "refine_window"):
+    for name in ("cycle_threshold", "motion_sigma", "background_weight", "presence_weight", "candidates",
+                 "refine_window"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     tracker = DiffTracker(backbone, **options)
