@@ -55,6 +55,9 @@ RECIPES = {
     "masked-anchor": ("three quarters of the patches pure noise in half the clips, frame 0 nearly clean in half the "
                       "clips (a clean source to copy from; the twin cannot copy across frames)",
                       ["--mask-patches", "0.75", "--anchor-clean", "0.5"], 1.0),
+    "masked-anchor-mid": ("masked-anchor with the loss weight 4 s (1 - s), favouring the mid noise levels the tracker "
+                          "reads (masked-anchor gained at s <= 0.2 and lost at s = 0.5)",
+                          ["--mask-patches", "0.75", "--anchor-clean", "0.5", "--loss-weight", "mid"], 1.0),
 }
 
 

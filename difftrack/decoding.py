@@ -44,7 +44,7 @@ class MotionModel:
     leave_cost: float = 4.0
     background_weight: float = 0.5
     background_sigma: float = 0.1  # tokens per frame
-    presence_weight: float = 2.0
+    presence_weight: float = 1.0
 
 
 def motion_log_prior(step: torch.Tensor, model: MotionModel, background_step: torch.Tensor | None = None):

@@ -84,7 +84,7 @@ def test_an_occluded_point_moves_with_the_scene_and_reappears_on_its_path():
     start, positions, costs, truth, steps = _pan()
     costs[0, 3:5, 0] = 1e-6  # covered on frames 3-4: its own token shows the occluder, its neighbour still matches
     presence = torch.ones(1, 8)
-    model = MotionModel(sigma=2.0, background_weight=0.5)
+    model = MotionModel(sigma=2.0, background_weight=0.5, presence_weight=2.0)
     xy, hidden = viterbi_decode(start, positions, costs, model, steps, presence)
     assert not hidden.any()  # without presence the neighbour is a fine explanation
     presence[0, 3:5] = 0.05  # the frames get a twentieth of the attention the best frame gets
