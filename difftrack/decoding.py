@@ -62,6 +62,11 @@ def motion_log_prior(step: torch.Tensor, model: MotionModel, background_step: to
     return torch.maximum(free + free_share, background + math.log(model.background_weight * ratio))
 
 
+def outside_frame(xy: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """Whether positions xy (..., 2) in tokens lie outside a frame of bounds (width, height) tokens."""
+    return (xy[..., 0] < 0) | (xy[..., 0] > bounds[0]) | (xy[..., 1] < 0) | (xy[..., 1] > bounds[1])
+
+
 def viterbi_decode(start: torch.Tensor, positions: torch.Tensor, costs: torch.Tensor,
                    model: MotionModel = MotionModel(), background_steps: torch.Tensor | None = None,
                    presence: torch.Tensor | None = None, start_hidden: torch.Tensor | None = None,
@@ -102,8 +107,7 @@ def viterbi_decode(start: torch.Tensor, positions: torch.Tensor, costs: torch.Te
             # the prior of the step it makes, as a visible point making it would pay
             hidden_cost = hidden_cost + motion_log_prior(background_step.to(dtype), model, background_step.to(dtype))
         if bounds is not None:
-            out_of_view = (held[:, 0] < 0) | (held[:, 0] > bounds[0]) | (held[:, 1] < 0) | (held[:, 1] > bounds[1])
-            hidden_cost = torch.where(out_of_view, hidden_cost - model.occluded_log_cost, hidden_cost)
+            hidden_cost = torch.where(outside_frame(held, bounds), hidden_cost - model.occluded_log_cost, hidden_cost)
         score = torch.cat([best_visible + emission[:, f], (best_occluded + hidden_cost)[:, None]], 1)
         occluded_xy.append(held)
         pointers.append(torch.cat([from_visible, from_occluded[:, None]], 1))  # (N, K + 1)

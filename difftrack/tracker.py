@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from difftrack.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from difftrack.capture import DescriptorCapture, sample_descriptors
-from difftrack.decoding import MotionModel, viterbi_decode
+from difftrack.decoding import MotionModel, outside_frame, viterbi_decode
 from difftrack.errors import UserError
 from difftrack.io import check_points
 from difftrack.kernels import match
@@ -298,29 +298,28 @@ class DiffTracker:
         else:
             xy = self._positions(fwd.argmax, fwd.refined, local, grid) + offset[:, None]
             hidden = torch.zeros(xy.shape[:2], dtype=torch.bool, device=xy.device)
-        hidden = hidden | (xy[..., 0] < 0) | (xy[..., 0] > grid[1]) | (xy[..., 1] < 0) | (xy[..., 1] > grid[0])
+        hidden = hidden | outside_frame(xy, (grid[1], grid[0]))
         peak = fwd.peak[:, local].float()
 
-        # Forward-backward cycle: from the token under each predicted position (a sub-token sample near an
-        # occluder's edge would blend in the occluder), match back into the segment's start frame.
+        # Descriptors of the token under each predicted position (a sub-token sample near an occluder's edge
+        # would blend in the occluder): the forward-backward cycle starts from them, and a track keeps the one
+        # of the last frame it is seen on.
         n, nf = xy.shape[:2]
         centres = xy.floor() + 0.5
         centres = torch.stack([centres[..., 0].clamp(0.5, grid[1] - 0.5), centres[..., 1].clamp(0.5, grid[0] - 0.5)], -1)
-        frame_queries = [sample_descriptors(q_all[:, j * tokens:(j + 1) * tokens], centres[:, i], grid)
-                         for i, j in enumerate(local)]
-        back_queries = torch.cat(frame_queries, dim=1)  # (H, nf * n, D), frame-major
-        start_keys = k_all[:, src * tokens:(src + 1) * tokens]
-        back = match(back_queries, start_keys, grid, 0, window=cfg.refine_window, backend=cfg.backend)
-        back_xy = back.refined[:, 0].float().view(nf, n, 2).transpose(0, 1)
-        cycle_error = (back_xy - (start_xy - offset)[:, None].to(back_xy)).norm(dim=-1)
+        back_queries = torch.cat([sample_descriptors(q_all[:, j * tokens:(j + 1) * tokens], centres[:, i], grid)
+                                  for i, j in enumerate(local)], dim=1)  # (H, nf * n, D), frame-major
         if start_hidden:
-            cycle_error = torch.zeros_like(cycle_error)  # no frame where the point is seen to return to
+            cycle_error = torch.zeros(n, nf, device=xy.device)  # no frame where the point is seen to return to
+        else:
+            start_keys = k_all[:, src * tokens:(src + 1) * tokens]
+            back = match(back_queries, start_keys, grid, 0, window=cfg.refine_window, backend=cfg.backend)
+            back_xy = back.refined[:, 0].float().view(nf, n, 2).transpose(0, 1)
+            cycle_error = (back_xy - (start_xy - offset)[:, None].to(back_xy)).norm(dim=-1)
 
-        seen = ~hidden
-        last_seen = torch.where(seen, torch.arange(nf, device=seen.device), -1).amax(1)  # (n,)
-        stacked = torch.stack(frame_queries, 0)  # (nf, H, n, D)
-        points = torch.arange(n, device=stacked.device)
-        kept = stacked[last_seen.clamp_min(0), :, points].transpose(0, 1)  # (H, n, D)
+        points = torch.arange(n, device=xy.device)
+        last_seen = torch.where(~hidden, torch.arange(nf, device=xy.device), -1).amax(1)  # (n,)
+        kept = back_queries[:, last_seen.clamp_min(0) * n + points]  # (H, n, D)
         kept = torch.where((last_seen >= 0)[None, :, None], kept, query.to(kept))
         return xy.cpu(), hidden.cpu(), cycle_error.cpu(), peak.cpu(), kept
 
