@@ -25,6 +25,15 @@ call minus the RSS just before it, with inputs, imports and a tiny warm-up call 
     python benchmarks/kernel.py                 # 2B and 5B shapes -> benchmarks/results/kernel.json
     python benchmarks/kernel.py --quick --out /tmp/kernel.json
     python benchmarks/kernel.py --profile --out benchmarks/results/kernel_profile.json   # where the time goes
+    python benchmarks/kernel.py --bound --out benchmarks/results/kernel_bound.json       # the least it can cost
+
+--bound asks how close to the floor any exact fused kernel can come on this CPU. At one thread it times,
+next to the chunked floor, the element-wise work every score needs after the matmul, on rows that stay in
+L1 (so nothing is lost to memory traffic), as many scores as the shape has (heads x points x (video + text)
+tokens): torch's exp and its softmax, and benchmarks/kernel_bound.cpp compiled with g++ -O3 -march=native
+(per-frame max, a polynomial exp, sum and the two head-sum accumulations; the same without the max pass; and
+exp + sum alone). The floor
+plus a pass is the lowest fused / floor ratio a kernel doing that pass after the matmul can reach.
 """
 
 from __future__ import annotations
@@ -210,6 +219,74 @@ def profile_fused(shape_name: str) -> dict:
                     for name, seconds, calls in ops if seconds >= 0.002 * total]}
 
 
+def compile_bound_library(build_dir: Path):
+    import ctypes
+    import shutil
+
+    compiler = shutil.which("g++")
+    if compiler is None:
+        raise SystemExit("error: --bound compiles benchmarks/kernel_bound.cpp and needs g++ on PATH")
+    library = build_dir / "kernel_bound.so"
+    subprocess.run([compiler, "-O3", "-march=native", "-shared", "-fPIC", "-o", str(library),
+                    str(Path(__file__).with_name("kernel_bound.cpp"))], check=True)
+    lib = ctypes.CDLL(str(library))
+    lib.softmax_accumulate.restype = lib.exp_sum.restype = ctypes.c_float
+    lib.softmax_accumulate.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    lib.exp_sum.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return lib, version
+
+
+BOUND_ROWS = 8  # rows of one frame's logits per block: 8 x ~1.4k floats x 3 buffers stay in L1
+
+
+def bound_shape(shape_name: str, lib, repeats: int) -> dict:
+    """One thread: the chunked floor's CPU time and each element-wise pass's, over the shape's score count."""
+    shape = SHAPES[shape_name]
+    tokens = shape["grid"][0] * shape["grid"][1]
+    lanes = 16
+    row_tokens = -(-tokens // lanes) * lanes
+    scores = shape["heads"] * shape["points"] * (shape["frames"] * tokens + shape["text"])
+    blocks = max(1, round(scores / (BOUND_ROWS * row_tokens)))
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(BOUND_ROWS, row_tokens, generator=gen)
+    work = torch.empty_like(logits)
+    cost, joint = torch.zeros_like(logits), torch.zeros_like(logits)
+
+    def torch_pass(op):
+        def run():
+            for _ in range(blocks):
+                op(logits, work)
+        return run
+
+    passes = {
+        "torch_exp": torch_pass(lambda src, dst: torch.exp(src, out=dst)),
+        "torch_softmax": torch_pass(lambda src, dst: torch.ops.aten._softmax.out(src, -1, False, out=dst)),
+        "native_softmax_accumulate": lambda: lib.softmax_accumulate(
+            work.copy_(logits).data_ptr(), cost.data_ptr(), joint.data_ptr(), BOUND_ROWS, row_tokens, blocks, 1),
+        "native_softmax_accumulate_without_max": lambda: lib.softmax_accumulate(
+            work.copy_(logits).data_ptr(), cost.data_ptr(), joint.data_ptr(), BOUND_ROWS, row_tokens, blocks, 0),
+        "native_exp_sum": lambda: lib.exp_sum(logits.data_ptr(), BOUND_ROWS, row_tokens, blocks),
+        "floor": case_function(FLOOR, shape, *make_inputs(shape)),
+    }
+
+    def median_cpu(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            times.append(time.process_time() - start)
+        return statistics.median(times)
+
+    load_before = os.getloadavg()
+    cpu = {name: median_cpu(fn) for name, fn in passes.items()}
+    floor = cpu.pop("floor")
+    return {"scores": blocks * BOUND_ROWS * row_tokens, "floor_cpu_s": floor, "passes_cpu_s": cpu,
+            "lowest_fused_over_floor": {name: 1 + seconds / floor for name, seconds in cpu.items()},
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+
+
 def main(argv=None):
     from difftrack.options import integer, output_file
 
@@ -227,6 +304,9 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="instead of timing: each shape's fused call under torch.profiler at one thread, operators by "
                         "self CPU time, next to the floor's CPU time")
+    p.add_argument("--bound", action="store_true",
+                   help="instead of timing the kernel: the floor next to the element-wise passes every score needs "
+                        "(torch's and a native one in L1), i.e. the lowest ratio any exact fused kernel can reach")
     p.add_argument("--worker", nargs=3, metavar=("SHAPE", "CASE", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -250,6 +330,23 @@ def main(argv=None):
             print(f"{name}: floor {prof['floor_cpu_s']:.2f} CPU-s, fused (profiled) {prof['fused_profiled_cpu_s']:.2f}")
             for op in prof["ops"][:8]:
                 print(f"  {op['op']:32s} {op['self_cpu_s']:7.3f} s  {100 * op['share']:5.1f} %  x{op['calls']}")
+        return 0
+    if args.bound:
+        import tempfile
+
+        torch.set_num_threads(1)
+        with tempfile.TemporaryDirectory() as build:
+            lib, compiler = compile_bound_library(Path(build))
+            bounds = {name: bound_shape(name, lib, args.repeats) for name in tqdm(shapes, desc="bounds")}
+        write_json(args.out, {"command": command, "threads": 1, "repeats": args.repeats, "target": TARGET_TIME_RATIO,
+                              "host": {"cpu": cpu_model(), "torch": torch.__version__, "compiler": compiler,
+                                       "cpus": os.cpu_count(), "nice": os.nice(0)},
+                              "shapes": bounds})
+        for name, bound in bounds.items():
+            print(f"{name}: floor {bound['floor_cpu_s']:.3f} CPU-s for {bound['scores'] / 1e6:.0f} M scores")
+            for pass_name, seconds in bound["passes_cpu_s"].items():
+                print(f"  {pass_name:38s} {seconds:7.3f} CPU-s -> fused / floor >= "
+                      f"{bound['lowest_fused_over_floor'][pass_name]:.3f}")
         return 0
     machine_threads = os.cpu_count() or 1
     thread_counts = args.threads or sorted({1, machine_threads})
