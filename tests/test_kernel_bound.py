@@ -16,15 +16,15 @@ def bound_library(tmp_path_factory):
     return lib
 
 
-@pytest.mark.parametrize("with_max", [1, 0])
-def test_native_pass_is_the_softmax_and_both_accumulations(bound_library, with_max):
+@pytest.mark.parametrize("cheapest, rtol", [(0, 1e-5), (1, 1e-4)])
+def test_native_pass_is_the_softmax_and_both_accumulations(bound_library, cheapest, rtol):
     rows, tokens = 3, 48
     logits = torch.randn(rows, tokens, generator=torch.Generator().manual_seed(0)) * 4
     scores, cost, joint = logits.clone(), torch.full((rows, tokens), 0.25), torch.zeros(rows, tokens)
-    bound_library.softmax_accumulate(scores.data_ptr(), cost.data_ptr(), joint.data_ptr(), rows, tokens, 1, with_max)
+    bound_library.softmax_accumulate(scores.data_ptr(), cost.data_ptr(), joint.data_ptr(), rows, tokens, 1, cheapest)
     probabilities = torch.softmax(logits.double(), -1)
-    torch.testing.assert_close(cost.double(), 0.25 + probabilities / 30, rtol=1e-5, atol=1e-8)
-    torch.testing.assert_close(joint.double(), probabilities * 0.5, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(cost.double(), 0.25 + probabilities / 30, rtol=rtol, atol=1e-8)
+    torch.testing.assert_close(joint.double(), probabilities * 0.5, rtol=rtol, atol=1e-8)
 
 
 def test_native_exp_sum_matches_torch(bound_library):
