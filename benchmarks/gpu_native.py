@@ -13,8 +13,9 @@ forward stays well under 60 s: 32,640 tokens against 118,800 at the native 129x7
 attention). For each, resident and then under model CPU offload (`--offload`; every model in CPU memory,
 moved to the device while it runs):
 
-- track_short, track_long: `difftrack track` (8x8 grid on frame 0, the model's own tracking layers, step and
-  window) on 49 frames and on --frames (70) frames at the native size;
+- track_short, track_long: `difftrack track --tracker difftrack` (8x8 grid on frame 0, the model's own tracking
+  layers, step and window) on 49 frames and on --frames (70) frames at the native size; track_paper_short,
+  track_paper_long: the same with `--tracker paper` (the paper's procedure at the size the paper tracked at);
 - analyze: `difftrack analyze --video` on the native-length video: every layer, two steps (the middle
   of the tracking schedule and the tracking step), noise added;
 - generate_cfg, generate_cag: `difftrack generate`, 2 steps at the native size, CFG and CFG + CAG (the
@@ -236,19 +237,20 @@ def _wrap_forwards(bb, stages: Stages) -> None:
 
 
 # ----- the cases ---------------------------------------------------------------------------------
-def track_case(name: str, bb, video: np.ndarray, grid: int) -> Case:
-    from difftrack.tracker import DiffTracker
+def track_case(name: str, bb, video: np.ndarray, grid: int, kind: str, **options) -> Case:
+    from difftrack.tracker import create_tracker
 
     height, width = video.shape[1:3]
     ys, xs = np.meshgrid((np.arange(grid) + 0.5) / grid * height, (np.arange(grid) + 0.5) / grid * width, indexing="ij")
     queries = np.stack([np.zeros(grid * grid), xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
 
     def run():
-        tracker = DiffTracker(bb)
+        tracker = create_tracker(kind, bb, **options)
         tracks, visible = tracker(video, queries)
+        windows = {"windows": len(tracker.stats.windows)} if kind == "difftrack" else {"size": list(tracker.config.size)}
         return {"tracks": tracks, "visible": visible}, {
-            "frames": len(video), "height": height, "width": width, "points": len(queries),
-            "windows": len(tracker.stats.windows), "forwards": tracker.stats.forwards}
+            "tracker": kind, "frames": len(video), "height": height, "width": width, "points": len(queries),
+            **windows, "forwards": tracker.meta()["forwards"]}
 
     return Case(name, "track", run)
 
@@ -440,8 +442,12 @@ def run_family(family: str, args, device, dtype, configs: dict, predictions: dic
                               for name, m in [("transformer", bb.transformer), ("vae", bb.vae)]
                               + [(n, getattr(bb, n)) for n in bb.loaded_text_encoders()]}
     record["setup"] = {"wall_s": round(time.perf_counter() - start, 3), "cpu_s": round(time.process_time() - cpu, 3)}
-    cases = [track_case("track_short", bb, video[:short], grid),
-             track_case("track_long", bb, video[:long], grid),
+    paper_size = {"size": size[1:]} if args.tiny else {}
+    cases = [track_case("track_short", bb, video[:short], grid, "difftrack"),
+             track_case("track_long", bb, video[:long], grid, "difftrack"),
+             # tiny configurations record no trained size of their own (LTX's would be its pipeline's 512x704)
+             track_case("track_paper_short", bb, video[:short], grid, "paper", **paper_size),
+             track_case("track_paper_long", bb, video[:long], grid, "paper", **paper_size),
              analyze_case("analyze", bb, path, size[0], grid_analysis, "add", bb.default_track_step),
              generate_case("generate_cfg", bb, size, "cfg", video[0])]
     refusal = bb.cag_unsupported_reason()

@@ -45,7 +45,7 @@ from difftrack.errors import UserError  # noqa: E402
 from difftrack.io import atomic_path, write_json  # noqa: E402
 from difftrack.metrics import QUERY_MODES, average_over_videos  # noqa: E402
 from difftrack.options import number, output_dir, positive  # noqa: E402
-from difftrack.tracker import TrackerConfig  # noqa: E402
+from difftrack.decoding import MotionModel  # noqa: E402
 
 
 COLUMNS = SUMMARY_COLUMNS[:8] + (("moved_1tok", "moved_within_1_token"),)
@@ -55,7 +55,7 @@ DEFAULT_ROW = "default (temporal + dominant motion + offset)"
 def rows(recommended_layers: list[int], draws: int) -> dict[str, dict]:
     today = {"temporal": "none", "refine_window": 1, "background_weight": 0.0}
     temporal = dict(today, temporal="viterbi")
-    dominant = dict(temporal, background_weight=TrackerConfig.background_weight)
+    dominant = dict(temporal, background_weight=MotionModel.background_weight)
     ensembles = dict(dominant, noise_draws=draws, layers=recommended_layers)
     return {"per-frame argmax": today, "+ temporal": temporal, "+ dominant motion": dominant,
             "+ ensembles": ensembles, "+ sub-token offset": dict(ensembles, refine_window=0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -79,6 +80,11 @@ def format_number(value, spec: str = ".3f", missing: str = "n/a", scale: float =
     return str(value)
 
 
+def count_noun(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1: "1 video", "3 videos"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2))
@@ -89,15 +95,28 @@ def save_npz(path, **arrays) -> None:
         np.savez(tmp, **arrays)
 
 
-def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Decode a video file to uint8 RGB frames (T, H, W, 3) and its frame rate."""
+# A folder of frames records no frame rate; DAVIS and TAP-Vid-DAVIS, the usual such folders, were shot at 24.
+FRAME_FOLDER_FPS = 24.0
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_video(path: str | os.PathLike, max_frames: int | None = None,
+               allow_short: bool = False) -> tuple[np.ndarray, float]:
+    """Decode a video file, or a folder of PNG / JPEG frames sorted by name (at FRAME_FOLDER_FPS), to uint8 RGB
+    frames (T, H, W, 3) and its frame rate.
+
+    A file that decodes fewer frames than its container declares (damaged, or cut short) is refused, naming
+    the first frame that failed, unless ``allow_short``: then its frames up to that one are returned."""
     import cv2
 
     path = str(path)
+    if os.path.isdir(path):
+        return _read_frame_folder(path, max_frames), FRAME_FOLDER_FPS
     if not os.path.isfile(path):
-        raise UserError(f"video {path} does not exist; pass the path of a readable video file")
+        raise UserError(f"video {path} does not exist; pass the path of a readable video file or a folder of frames")
     cap = cv2.VideoCapture(path)
     fps = cap.get(cv2.CAP_PROP_FPS) or 8.0
+    declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     frames = []
     while max_frames is None or len(frames) < max_frames:
         ok, frame = cap.read()
@@ -107,7 +126,31 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
     cap.release()
     if not frames:
         raise UserError(f"could not decode any frame from {path}; is it a video file OpenCV can read (mp4, avi)?")
+    expected = declared if max_frames is None else min(declared, max_frames)
+    if len(frames) < expected and not allow_short:
+        raise UserError(f"{path} declares {declared} frames but frame {len(frames)} (0-based) does not decode: the "
+                        f"file is damaged or cut short; re-encode or re-download it, or pass --allow-short-video to "
+                        f"use its first {len(frames)} frames")
     return np.stack(frames), float(fps)
+
+
+def _read_frame_folder(path: str, max_frames: int | None) -> np.ndarray:
+    import cv2
+
+    files = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in FRAME_SUFFIXES and f.is_file())
+    if not files:
+        raise UserError(f"folder {path} holds no frames; put the video's frames in it as PNG or JPEG files, "
+                        f"named so that they sort in order (00000.jpg, 00001.jpg, ...)")
+    frames = []
+    for file in files[:max_frames]:
+        frame = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise UserError(f"frame {file} cannot be read as an image; replace it with a valid PNG or JPEG file")
+        if frames and frame.shape != frames[0].shape:
+            raise UserError(f"frame {file} is {frame.shape[1]}x{frame.shape[0]} but {files[0].name} is "
+                            f"{frames[0].shape[1]}x{frames[0].shape[0]}; every frame of a folder must have one size")
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -204,15 +247,16 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
     rows = []
     for i, p in enumerate(data):
         try:
-            if isinstance(p, dict):
-                rows.append([float(p["t"]), float(p["x"]), float(p["y"])])
-            else:
-                t, x, y = p
-                rows.append([float(t), float(x), float(y)])
+            t, x, y = (p["t"], p["x"], p["y"]) if isinstance(p, dict) else p
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"point {i} in {path} is {p!r}; each point must be {{\"t\", \"x\", \"y\"}} "
-                            f"or [t, x, y] with numbers") from None
-    return np.asarray(rows, dtype=np.float32)
+            t = x = y = None
+        # JSON true and "3" are no coordinates (Python would read true as 1), and NaN or Infinity is no place.
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (t, x, y)):
+            raise UserError(f"point {i} in {path} is {json.dumps(p)}; each point must be {{\"t\", \"x\", \"y\"}} "
+                            f"or [t, x, y] with finite numbers")
+        rows.append([float(t), float(x), float(y)])
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_points refuses in one line
+        return np.asarray(rows, dtype=np.float32)
 
 
 def load_tracks(path: str | os.PathLike, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -223,12 +267,17 @@ def load_tracks(path: str | os.PathLike, num_frames: int) -> tuple[np.ndarray, n
         raise UserError(f"tracks file {path} does not exist; pass the .npz written by `difftrack track` or "
                         f"`difftrack synth`")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array names neither tracks nor visibility
+            raise ValueError(f"it holds one bare {data.dtype} array {data.shape}, not named arrays; the DiffTrack "
+                             f"release's tracks/NNN.npy and visibility/NNN.npy pairs are read by `analyze "
+                             f"--release-dataset DIR`")
+        with data:
             tracks, visible = np.asarray(data["tracks"], np.float32), np.asarray(data["visibility"], bool)
             queries = np.asarray(data["queries"], np.float32) if "queries" in data.files else None
     except (KeyError, ValueError, OSError) as exc:
-        raise UserError(f"tracks file {path} is not an npz with 'tracks' (T, N, 2) and 'visibility' (T, N) "
-                        f"({str(exc).splitlines()[0][:80]})") from None
+        raise UserError(f"tracks file {path} is not an .npz with 'tracks' (T, N, 2) and 'visibility' (T, N) as "
+                        f"`difftrack track` and `difftrack synth` write it ({str(exc).splitlines()[0][:200]})") from None
     if tracks.ndim != 3 or tracks.shape[2] != 2 or visible.shape != tracks.shape[:2]:
         raise UserError(f"tracks file {path} holds tracks {tracks.shape} and visibility {visible.shape}; "
                         f"expected (T, N, 2) and (T, N)")
@@ -244,6 +293,8 @@ def load_tracks(path: str | os.PathLike, num_frames: int) -> tuple[np.ndarray, n
 def check_points(queries: np.ndarray, num_frames: int, height: int, width: int) -> None:
     """Query frames must exist and points must lie inside the frame (pixel edges included)."""
     for i, (t, x, y) in enumerate(queries):
+        if not np.isfinite([t, x, y]).all():
+            raise UserError(f"point {i} is (t={t:g}, x={x:g}, y={y:g}); a query's frame and place must be finite numbers")
         if t != int(t) or not 0 <= t < num_frames:
             raise UserError(f"point {i} has query frame {t:g}, but the video has frames 0..{num_frames - 1}")
         if not (0 <= x <= width and 0 <= y <= height):

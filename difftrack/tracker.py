@@ -51,30 +51,39 @@ class TrackerConfig:
     layers: list[int] | None = None  # None: the backbone's default tracking layers
     steps: list[int] | None = None  # step indices into a schedule of ``num_steps``; None: backbone default
     num_steps: int | None = None
-    noise: str = "add"
+    # Fields left None below take the model's calibrated setting (Backbone.tracker_settings), else the
+    # uncalibrated one of UNCALIBRATED_SETTINGS: a setting chosen on one model never reaches another.
+    noise: str | None = None
     noise_draws: int = 1  # independent noise draws whose costs are averaged (with noise "add")
     window: int | None = None  # frames per forward; None: the backbone's trained window
-    # Sub-token position: 0 keeps the point's own place inside its matched token (calibrated on generator seeds
-    # 500000-500011, better than soft-argmax for tiny-video); r >= 1 soft-argmax in a (2r+1)^2-token window.
-    refine_window: int = 0
+    # Sub-token position: 0 keeps the point's own place inside its matched token; r >= 1 soft-argmax in a
+    # (2r+1)^2-token window.
+    refine_window: int | None = None
     bidirectional: bool = True  # average C[s->j] with C[j->s]^T
-    temporal: str = "viterbi"  # "viterbi": HMM over candidates with a motion prior; "none": per-frame argmax
+    temporal: str | None = None  # "viterbi": HMM over candidates with a motion prior; "none": per-frame argmax
     candidates: int = 256  # tokens per frame the Viterbi pass chooses from (all of them on small grids)
-    # The Viterbi pass's motion model (difftrack.decoding.MotionModel; its defaults were chosen on generator
-    # seeds 500000-500011): tokens per frame, weight of log(cost) against the prior, cost of being hidden.
+    # The Viterbi pass's motion model (difftrack.decoding.MotionModel): tokens per frame, weight of log(cost)
+    # against the prior, cost of being hidden.
     motion_sigma: float = MotionModel.sigma
     emission_weight: float = MotionModel.emission_weight
     occluded_log_cost: float = MotionModel.occluded_log_cost
     # Weight of the scene's dominant motion (estimated from all tokens' costs) in the motion prior; 0: off.
-    background_weight: float = MotionModel.background_weight
+    background_weight: float | None = None
     background_sigma: float = MotionModel.background_sigma
     # Weight of log(presence), the frame's share of the point's joint attention against the best frame's,
     # on visible states: how strongly a frame where nothing matches the point well reads as "occluded".
-    presence_weight: float = MotionModel.presence_weight
+    presence_weight: float | None = None
     cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
     peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
     seed: int = 0
     backend: str = "auto"
+
+
+# difftrack's tracker on a model it was not calibrated for: the paper's clean latents and hard argmax (the point
+# keeps its place inside the matched token; a soft-argmax's last bits depend on the batch), per-frame argmax (the
+# Viterbi pass and its motion weights were chosen on the embedded model).
+UNCALIBRATED_SETTINGS = {"noise": "clean", "refine_window": 0, "temporal": "none", "background_weight": 0.0,
+                         "presence_weight": 0.0}
 
 
 @dataclass
@@ -112,13 +121,20 @@ class DiffTracker:
     batched tensor shapes.
     """
 
-    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: TrackerConfig | None = None, **overrides):
-        self.backbone = model if isinstance(model, Backbone) else create_backbone(model)
+    name = "difftrack"
+
+    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: TrackerConfig | None = None,
+                 device=None, dtype=None, **overrides):
+        self.backbone = model if isinstance(model, Backbone) else create_backbone(model, device=device, dtype=dtype)
         unknown = sorted(set(overrides) - {f.name for f in fields(TrackerConfig)})
         if unknown:
             raise TypeError(f"unknown tracker option {', '.join(unknown)}")
         cfg = replace(config or TrackerConfig(), **overrides)  # the caller's config stays as it was
         bb = self.backbone
+        calibrated_settings = bb.tracker_settings()
+        for k, uncalibrated in UNCALIBRATED_SETTINGS.items():
+            if getattr(cfg, k) is None:
+                setattr(cfg, k, calibrated_settings.get(k, uncalibrated))
         for k, calibrated in bb.occlusion_thresholds().items():
             if getattr(cfg, k) is None:  # only what the caller left open is calibrated
                 setattr(cfg, k, calibrated)
@@ -216,7 +232,7 @@ class DiffTracker:
             state.keep_anchors(idx, anchor)
 
     def meta(self) -> dict:
-        return {"model": self.backbone.name, "device": str(self.backbone.device),
+        return {"tracker": self.name, "model": self.backbone.name, "device": str(self.backbone.device),
                 "dtype": str(self.backbone.dtype).removeprefix("torch."), **asdict(self.config),
                 "forwards": self.stats.forwards, "layers_run": self.stats.layers_run}
 
@@ -453,8 +469,10 @@ class DiffTrackerOnline:
     frame 0 the result equals :class:`DiffTracker`'s on the whole video (same windows, same noise).
     """
 
-    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: TrackerConfig | None = None, **overrides):
-        self.tracker = model if isinstance(model, DiffTracker) else DiffTracker(model, config, **overrides)
+    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: TrackerConfig | None = None,
+                 device=None, dtype=None, **overrides):
+        self.tracker = model if isinstance(model, DiffTracker) else DiffTracker(model, config, device, dtype,
+                                                                                **overrides)
         self.state = None
 
     def reset(self, queries: np.ndarray, height: int, width: int) -> None:
@@ -516,13 +534,31 @@ class DiffTrackerOnline:
         return tracks, visible
 
 
+TRACKERS = ("paper", "difftrack")
+
+
+def create_tracker(tracker: str | None = None, model: str | Backbone = DEFAULT_BACKBONE, device=None, dtype=None,
+                   **options):
+    """The tracker named ``tracker`` on ``model``: "paper" (the paper's procedure,
+    :class:`difftrack.paper_tracker.PaperTracker`) or "difftrack" (:class:`DiffTracker`); None: the model's own
+    default (difftrack's tracker where it is calibrated for the model, the paper's otherwise)."""
+    from difftrack.paper_tracker import PaperTracker
+
+    backbone = model if isinstance(model, Backbone) else create_backbone(model, device=device, dtype=dtype)
+    tracker = tracker or backbone.default_tracker
+    if tracker not in TRACKERS:
+        raise UserError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")
+    return (PaperTracker if tracker == "paper" else DiffTracker)(backbone, **options)
+
+
 class DiffTrackerPredictor(torch.nn.Module):
     """CoTracker-style predictor: ``forward(video (B, T, 3, H, W) in [0, 255], queries (B, N, 3) as (t, x, y))``
-    returns tracks (B, T, N, 2) and visibility (B, T, N)."""
+    returns tracks (B, T, N, 2) and visibility (B, T, N). ``tracker`` as :func:`create_tracker` takes it."""
 
-    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, **options):
+    def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, tracker: str | None = None, device=None,
+                 dtype=None, **options):
         super().__init__()
-        self.tracker = DiffTracker(model, **options)
+        self.tracker = create_tracker(tracker, model, device, dtype, **options)
 
     @torch.no_grad()
     def forward(self, video: torch.Tensor, queries: torch.Tensor):

@@ -97,9 +97,15 @@ def test_step_reducer_matches_naive_joint_attention():
     assert np.allclose(red.mass_frames, frames.sum(-1), atol=1e-5)
     assert np.allclose(red.max_frames, frames.max(-1).values, atol=1e-5)
     per_frame = (logits[:, :, 6:].reshape(heads, -1, 3, p).softmax(-1)).mean(0)
-    argmax = per_frame.argmax(-1)
-    centre = torch.stack([argmax % 4 + 0.5, argmax // 4 + 0.5], -1)
-    assert (np.abs(red.qk_xy - centre.numpy()) <= 1.0).all()  # refined stays within the peak's window
+    # both directions, as the method matches: each target token's softmax over frame 0, read at the query's token
+    backward = (torch.einsum("hjd,hsd->hjs", q[0], k[0][:, :p]) / math.sqrt(dim)).softmax(-1).mean(0)[:, idx]
+    two_way = (per_frame + backward.T.reshape(-1, 3, p)) / 2
+    for cost, bidirectional in ((two_way, True), (per_frame, False)):
+        argmax = cost.argmax(-1)
+        centre = torch.stack([argmax % 4 + 0.5, argmax // 4 + 0.5], -1)
+        xy = red.qk_xy if bidirectional else StepReducer(g, query_xy, bidirectional=False).reduce(
+            Descriptors(1, 2, q, k, text, feat)).qk_xy
+        assert (np.abs(xy - centre.numpy()) <= 1.0).all()  # refined stays within the peak's window
     f_logits = torch.einsum("nd,sd->ns", feat[0][idx], feat[0]) / 4.0
     f_arg = f_logits.reshape(-1, 3, p).argmax(-1)
     f_centre = torch.stack([f_arg % 4 + 0.5, f_arg // 4 + 0.5], -1)

@@ -1,8 +1,8 @@
 """Every command's bad input, through the real entry points: exit 2, one `error:` line, no traceback, no new file.
 
-Each row is (argv, a phrase the error must contain). `{in}` is a folder of ready inputs, `{file}` a regular
-file (so `{file}/out` cannot be created), `{ro}` a directory nobody can write in (Linux's /proc; root
-ignores permission bits, a real attempt does not), `{out}` a fresh folder that must stay empty.
+Each row is (argv, a phrase the error must contain), with these places filled in both: `{in}` is a folder of
+ready inputs, `{file}` a regular file (so `{file}/out` cannot be created), `{ro}` a directory nobody can write in
+(Linux's /proc; root ignores permission bits, a real attempt does not), `{out}` a fresh folder that must stay empty.
 """
 
 from __future__ import annotations
@@ -56,11 +56,31 @@ TRACK = [
     (["track", "{in}/clip.mp4", "--gt", "{in}/gt_of_another_video.npz"], "has 5 frames but the video has 8"),
     (["track", "{in}/clip.mp4", "--gt", "{in}/gt_outside.npz"], "lies outside"),
     (["track", "{in}/clip.mp4", "--gt", "{in}/gt_outside.npz", "--grid", "3"], "not allowed with argument"),
+    (["track", "{in}/clip.mp4", "--points", "{in}/nan.json"], "point 0 in {in}/nan.json is [NaN, 10, 10]"),
+    (["track", "{in}/clip.mp4", "--points", "{in}/inf.json"], "with finite numbers"),
+    (["track", "{in}/clip.mp4", "--points", "{in}/bool.json"], "point 1 in {in}/bool.json is [true, 10, 10]"),
+    (["track", "{in}/clip.mp4", "--points", "{in}/text.json"], "with finite numbers"),
+    (["track", "{in}/clip.mp4", "--points", "{in}/huge.json"], "must be finite numbers"),
+    (["track", "{in}/clip.mp4", "--model", "{in}/model_cut_index"], "model_index.json is not valid JSON"),
+    (["track", "{in}/clip.mp4", "--model", "{in}/model_no_weights"],
+     "{in}/model_no_weights/transformer holds no weights file (diffusion_pytorch_model.safetensors); copy the whole"),
+    (["track", "{in}/clip.mp4", "--model", "{in}/model_cut_weights"],
+     "{in}/model_cut_weights/transformer/diffusion_pytorch_model.safetensors is damaged or cut short"),
+    (["track", "{in}/clip.mp4", "--model", "{in}/model_no_weights", "--layers", "6"], "layer 6 is out of range"),
+    (["track", "{in}/clip.mp4", "--grid", "100000"], "--grid 100000 gives 10,000,000,000 query points"),
+    (["track", "{in}/clip.mp4", "--grid", "2000"], "or less"),
+    (["track", "{in}/clip.mp4", "--grid", "2000", "--temporal", "none"], "or less"),
+    (["track", "{in}/damaged.mp4"], "{in}/damaged.mp4 declares 24 frames but frame"),
+    (["track", "{in}/damaged.mp4", "--grid", "100000", "--allow-short-video"], "--grid 100000 gives"),
+    (["track", "{in}/frames_empty"], "holds no frames"),
+    (["track", "{in}/frames_unreadable"], "00001.png cannot be read as an image"),
+    (["track", "{in}/frames_sizes"], "00001.png is 32x24 but 00000.png is 64x64"),
+    (["track", "{in}/clip.mp4", "--out", "{out}/missing/"], "directory {out}/missing/ does not exist"),
 ]
 
 ANALYZE = [
-    (["analyze", "--synthetic-seeds", "1", "--frames", "-2", "--out", "{out}/a"], "--frames: must be an integer >= 1"),
-    (["analyze", "--synthetic-seeds", "1", "--frames", "0", "--out", "{out}/a"], "--frames: must be an integer >= 1"),
+    (["analyze", "--synthetic-seeds", "1", "--frames", "-2", "--out", "{out}/a"], "--frames: must be an integer >= 2"),
+    (["analyze", "--synthetic-seeds", "1", "--frames", "1", "--out", "{out}/a"], "--frames: must be an integer >= 2"),
     (["analyze", "--synthetic-seeds", "-1", "--out", "{out}/a"], "--synthetic-seeds: must be an integer >= 0"),
     (["analyze", "--synthetic-seeds", "1", "--grid", "0", "--out", "{out}/a"], "--grid: must be an integer >= 1"),
     (["analyze", "--synthetic-seeds", "1", "--num-steps", "0", "--out", "{out}/a"], "--num-steps: must be an integer"),
@@ -81,6 +101,15 @@ ANALYZE = [
     (["analyze", "--synthetic-seeds", "1", "--out", "{file}/a"], "is a file, not a directory"),
     (["analyze", "--synthetic-seeds", "1", "--out", "{file}"], "exists and is not a directory"),
     (["analyze", "--synthetic-seeds", "1", "--out", "{ro}/a"], "cannot write in"),
+    (["analyze", "--video", "{in}/one_frame.mp4", "--out", "{out}/a"], "gives 1 frame to analyse"),
+    (["analyze", "--video", "{in}/clip.mp4", "--frame-stride", "8", "--out", "{out}/a"], "or a smaller --frame-stride"),
+    (["analyze", "--video", "{in}/clip.mp4", "--tracks", "{in}/tracks.npy", "--out", "{out}/a"],
+     "is not an .npz with 'tracks' (T, N, 2) and 'visibility' (T, N)"),
+    (["analyze", "--video", "{in}/missing.mp4", "--out", "{out}/a"], "does not exist"),
+    (["analyze", "--video", "{in}/damaged.mp4", "--out", "{out}/a"], "declares 24 frames but frame"),
+    (["analyze", "--video", "{in}/clip.mp4", "--model", "{in}/model_no_weights", "--layers", "7", "--out", "{out}/a"],
+     "layer 7 is out of range; valid layers are 0..5"),
+    (["analyze", "--video", "{in}/clip.mp4", "--steps", "-1", "--out", "{out}/a"], "step -1 is out of range"),
 ]
 
 GENERATE = [
@@ -101,6 +130,10 @@ GENERATE = [
     (["generate", "--prompt", "a disc moves up", "--out", "{ro}/v.mp4"], "cannot write in"),
     (["generate", "--prompt", "a disc moves up", "--seed", "0", "1", "--out", "{out}/v.mp4"],
      "--out must be an existing directory"),
+    (["generate", "--prompt", "a disc moves up", "--guidance", "cag", "--cag-layers", "9", "--out", "{out}/v.mp4"],
+     "--cag-layers: layer 9 is out of range"),
+    (["generate", "--prompt", "a disc moves up", "--model", "{in}/model_no_weights", "--out", "{out}/v.mp4"],
+     "holds no weights file"),
 ]
 
 PROBE = [
@@ -120,6 +153,11 @@ PROBE = [
     (["probe", "sweep", "--out", "{ro}/s"], "cannot write in"),
     (["probe", "pictures", "--control", "--clusters", "0", "--out", "{out}/q"], "--clusters: must be an integer"),
     (["probe", "pictures", "--control", "--out", "{ro}/q"], "cannot write in"),
+    (["probe", "features", "--video", "{in}/damaged.mp4", "--block", "0", "--out", "{out}/f.npz"], "declares 24 frames"),
+    (["probe", "features", "--video", "{in}/clip.mp4", "--block", "0", "6", "--out", "{out}/f.npz"],
+     "layer 6 is out of range; valid layers are 0..5"),
+    (["probe", "compare", "--block", "6", "--out", "{out}/c"], "layer 6 is out of range"),
+    (["probe", "sweep", "--blocks", "1", "9", "--out", "{out}/s"], "layer 9 is out of range"),
 ]
 
 TRAIN = [
@@ -151,6 +189,7 @@ SYNTH = [
     (["synth", "{ro}/c.mp4"], "cannot write in"),
     (["synth", "{file}/c.mp4"], "is a file, not a directory"),
     (["synth", "{out}/missing/c.mp4"], "does not exist"),
+    (["synth", "{out}/c.mp4", "--grid", "100000"], "--grid 100000 gives 10,000,000,000 query points"),
 ]
 
 OTHER = [
@@ -173,7 +212,7 @@ TAPVID = [
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("inputs")
-    write_video(folder / "clip.mp4", generate_clip(3, num_frames=8, height=64, width=64).video)
+    load_benchmark("preload_checks").make_inputs(folder)
     (folder / "junk.mp4").write_bytes(b"this is not a video")
     (folder / "a_file").write_text("a regular file")
     (folder / "comments.txt").write_text("# a comment, and nothing else\n\n")
@@ -189,7 +228,43 @@ def inputs(tmp_path_factory) -> Path:
     video = np.zeros((4, 16, 16, 3), np.uint8)
     entry = {"video": video, "points": np.zeros((3, 5, 2), np.float32), "occluded": np.zeros((3, 4), bool)}
     (folder / "bad_shape.pkl").write_bytes(pickle.dumps({"clip": entry}))
+    (folder / "inf.json").write_text("[[0, Infinity, 10]]")
+    (folder / "bool.json").write_text("[[0, 10, 10], [true, 10, 10]]")
+    (folder / "text.json").write_text('[{"t": "0", "x": 10, "y": 10}]')
+    (folder / "huge.json").write_text("[[0, 1e39, 10]]")  # finite in JSON, infinite as float32
+    _frame_folders(folder)
+    _broken_models(folder)
     return folder
+
+
+def _frame_folders(folder: Path) -> None:
+    import cv2
+
+    (folder / "frames_empty").mkdir()
+    (folder / "frames_empty" / "notes.txt").write_text("no frames here")
+    for name, second in (("frames_unreadable", None), ("frames_sizes", np.zeros((24, 32, 3), np.uint8))):
+        (folder / name).mkdir()
+        cv2.imwrite(str(folder / name / "00000.png"), np.zeros((64, 64, 3), np.uint8))
+        if second is None:
+            (folder / name / "00001.png").write_bytes(b"not a PNG")
+        else:
+            cv2.imwrite(str(folder / name / "00001.png"), second)
+
+
+def _broken_models(folder: Path) -> None:
+    """Copies of the embedded model: model_index.json cut short; transformer weights missing; weights cut short."""
+    import shutil
+
+    from difftrack.backbones.embedded import EMBEDDED_DIR
+
+    weights = Path("transformer") / "diffusion_pytorch_model.safetensors"
+    for name in ("model_cut_index", "model_no_weights", "model_cut_weights"):
+        shutil.copytree(EMBEDDED_DIR / "tiny-video", folder / name, ignore=shutil.ignore_patterns("*.safetensors"))
+        shutil.copy(EMBEDDED_DIR / "tiny-video" / "text_encoder" / "model.safetensors",
+                    folder / name / "text_encoder" / "model.safetensors")
+    index = folder / "model_cut_index" / "model_index.json"
+    index.write_text(index.read_text()[:30])
+    (folder / "model_cut_weights" / weights).write_bytes((EMBEDDED_DIR / "tiny-video" / weights).read_bytes()[:1000])
 
 
 def _files(*roots: Path) -> set[str]:
@@ -200,7 +275,8 @@ def _check(run, argv, message, inputs, tmp_path, capfd, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.chdir(tmp_path)  # default output names land here, where the test can see them
-    argv = [a.format(**{"in": inputs, "file": inputs / "a_file", "ro": "/proc", "out": out}) for a in argv]
+    places = {"in": inputs, "file": inputs / "a_file", "ro": "/proc", "out": out}
+    argv, message = [a.format(**places) for a in argv], message.format(**places)
     before = _files(inputs, tmp_path)
     code = run(argv)
     err = capfd.readouterr().err
@@ -270,3 +346,93 @@ BENCHMARK_SCRIPTS = [
 @pytest.mark.parametrize("script, argv, message", BENCHMARK_SCRIPTS)
 def test_benchmark_scripts_bad_input(inputs, tmp_path, capfd, monkeypatch, script, argv, message):
     _check(load_benchmark(script).main, argv, message, inputs, tmp_path, capfd, monkeypatch)
+
+
+def _tracks(path: Path) -> np.ndarray:
+    with np.load(path) as data:
+        return data["tracks"]
+
+
+def test_a_damaged_video_is_tracked_as_far_as_it_decodes_only_when_asked(inputs, tmp_path):
+    from difftrack.io import read_video
+
+    decoded, _ = read_video(inputs / "damaged.mp4", allow_short=True)
+    assert 0 < len(decoded) < 24
+    assert main(["track", str(inputs / "damaged.mp4"), "--allow-short-video", "--grid", "2", "--no-video",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert _tracks(tmp_path / "t.npz").shape == (len(decoded), 4, 2)
+
+
+def test_a_folder_of_frames_is_a_video_and_a_directory_out_takes_the_files(tmp_path):
+    import cv2
+
+    from difftrack.io import FRAME_FOLDER_FPS, read_video
+
+    clip = generate_clip(3, num_frames=8, height=64, width=64).video
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(clip):
+        cv2.imwrite(str(frames / f"{i:05d}.png"), frame[..., ::-1])
+    (frames / "notes.txt").write_text("not a frame")
+    video, fps = read_video(frames)
+    assert np.array_equal(video, clip) and fps == FRAME_FOLDER_FPS
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["track", str(frames), "--grid", "2", "--out", f"{out}/"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["frames_tracks.json", "frames_tracks.mp4", "frames_tracks.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "out"]
+    assert _tracks(out / "frames_tracks.npz").shape == (8, 4, 2)
+
+
+def test_points_that_cannot_fit_in_memory_are_refused_before_the_model_loads(inputs, tmp_path, capfd, monkeypatch):
+    from difftrack.options import tracking_bytes_per_query
+
+    each = tracking_bytes_per_query(8, 256, True, True, None)
+    monkeypatch.setattr("difftrack.options.available_memory", lambda: 2 * each + 1)
+    monkeypatch.setattr("difftrack.create_backbone", None)  # loading a model would fail the test
+    points = tmp_path / "pts.json"
+    points.write_text(json.dumps([[0, 10, 10]] * 3))
+    assert main(["track", str(inputs / "clip.mp4"), "--points", str(points)]) == 2
+    assert capfd.readouterr().err.endswith("track at most 2 points at a time\n")
+
+
+def test_a_hub_snapshot_missing_its_weights_names_the_download(tmp_path):
+    from diffusers import CogVideoXTransformer3DModel
+
+    from difftrack.backbones import load_component
+    from difftrack.backbones.embedded import EMBEDDED_DIR
+    from difftrack.errors import UserError
+
+    snapshot = tmp_path / "models--org--some-model" / "snapshots" / "0123abc"
+    (snapshot / "transformer").mkdir(parents=True)
+    (snapshot / "transformer" / "config.json").write_text((EMBEDDED_DIR / "tiny-video" / "transformer" /
+                                                           "config.json").read_text())
+    with pytest.raises(UserError, match="holds no weights file .*; run `huggingface-cli download org/some-model`"):
+        load_component(CogVideoXTransformer3DModel, str(snapshot), "transformer")
+
+
+def test_cells_without_a_score_are_never_recommended():
+    from difftrack.analysis.ranking import rank
+
+    nan = np.full((3, 2), np.nan)
+    assert rank({"qk_pck": nan, "conf_cross": nan, "attn_cross": nan}, [0, 1, 2], [0, 1], "qk_pck")["layers"] == []
+    partly = np.array([[0.5, np.nan], [np.nan, np.nan], [0.2, np.nan]])
+    ranked = rank({"qk_pck": partly, "conf_cross": partly, "attn_cross": partly}, [0, 1, 2], [0, 1], "qk_pck", top=3)
+    assert ranked["layers"] == [0, 2] and ranked["steps"] == [0]
+
+
+def test_an_analysis_without_evidence_recommends_nothing(tmp_path, capsys):
+    clip = tmp_path / "two.mp4"
+    write_video(clip, generate_clip(3, num_frames=2, height=64, width=64).video)
+    hidden = tmp_path / "hidden.npz"  # visible where the queries are (frame 0), never where they are matched
+    np.savez(hidden, tracks=np.full((2, 3, 2), 10, np.float32), visibility=np.array([[1, 1, 1], [0, 0, 0]], bool))
+    out = tmp_path / "analysis"
+    out.mkdir()
+    (out / "recommendation.json").write_text("{}")  # an earlier run's, which --layers auto must not read as this one's
+    assert main(["analyze", "--video", str(clip), "--tracks", str(hidden), "--num-steps", "2", "--steps", "1",
+                 "--layers", "0", "1", "--no-features", "--out", str(out)]) == 0
+    assert "analysed 1 video x 2 layers x 1 step" in capsys.readouterr().out
+    assert not (out / "recommendation.json").exists()
+    page = (out / "index.html").read_text()
+    assert "<p>1 video;" in page and "no recommendation.json was written" in page
+    assert "best accuracy per layer: layer 0 n/a, layer 1 n/a;" in page

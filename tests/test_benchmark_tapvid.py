@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from difftrack.baselines import BASELINES, LucasKanade, zero_motion
-from difftrack.data.tapvid import TapVidReader, sample_queries, to_protocol
+from difftrack.data.tapvid import TapVidReader, metric_mode, sample_queries, to_protocol
 from difftrack.metrics import METRIC_NAMES, average_over_videos, compute_tapvid_metrics
 from benchmark_scripts import load_benchmark
 
@@ -95,13 +95,13 @@ def _rescore_from_predictions(root, out, tracker, mode, limit=None):
             sample = load()
             _, points = to_protocol(sample)
             queries = sample_queries(points, sample.occluded, mode)
-            if mode == "first":  # one query per track: the per-track arrays are enough
+            if mode != "strided":  # one query per track: the per-track arrays are enough
                 tracks = predictions[f"{name}/tracks"][queries.track_index]
                 occluded = predictions[f"{name}/occluded"][queries.track_index]
             else:
                 tracks, occluded = predictions[f"{name}/query_tracks"], predictions[f"{name}/query_occluded"]
             per_video[name] = compute_tapvid_metrics(queries.query_points, queries.occluded, queries.target_points,
-                                                     occluded, tracks, mode)
+                                                     occluded, tracks, metric_mode(mode))
     return per_video
 
 
@@ -109,7 +109,9 @@ def _check_outputs(root, out, trackers, mode, limit=None):
     """Documented files and shapes, and the CSV / summary equal a re-scoring of the saved predictions."""
     names = [name for name, _ in TapVidReader("davis", root).entries()][:limit]
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == trackers
+    run = summary.pop("run")
+    assert list(summary) == trackers and run["protocol"] == mode and run["videos"] == len(names)
+    assert not (out / "partial").exists()  # a finished run keeps no partial results
     for metrics in summary.values():
         assert list(metrics) == list(METRIC_NAMES) and all(0 <= v <= 1 for v in metrics.values())
     rows = _read_csv(out / "per_video.csv")
@@ -134,15 +136,15 @@ def _check_outputs(root, out, trackers, mode, limit=None):
             for metric in METRIC_NAMES:
                 assert float(row[metric]) == pytest.approx(rescored[row["video"]][metric], abs=1e-6)
         assert summary[tracker] == pytest.approx(average_over_videos(list(rescored.values())))
-    return summary
+    return summary, run
 
 
-@pytest.mark.parametrize("mode", ["first", "strided"])
+@pytest.mark.parametrize("mode", ["first", "strided", "release"])
 def test_reference_trackers_end_to_end_on_the_generator_fixture(fixture_root, tmp_path, mode):
     out = tmp_path / "out"
     assert tapvid_benchmark.main(["--dataset", "davis", "--root", str(fixture_root), "--mode", mode,
                                   "--trackers", "zero_motion,lucas_kanade", "--out", str(out)]) == 0
-    summary = _check_outputs(fixture_root, out, ["zero_motion", "lucas_kanade"], mode)
+    summary, _ = _check_outputs(fixture_root, out, ["zero_motion", "lucas_kanade"], mode)
     # A point tracker that follows the motion must beat standing still on moving content.
     assert summary["lucas_kanade"]["average_pts_within_thresh"] > summary["zero_motion"]["average_pts_within_thresh"]
 
@@ -191,6 +193,24 @@ def test_difftrack_runs_through_the_benchmark_by_model_name(fixture_root, tiny_p
     _check_outputs(fixture_root, out, ["difftrack", "zero_motion", "lucas_kanade"], "first", limit=1)
 
 
+def test_the_release_protocol_runs_all_four_trackers_in_one_summary(fixture_root, tiny_pipeline, tmp_path):
+    """The README's reproduction command at tiny size: both model trackers on one loaded model, and the run's
+    protocol, device, dtype, revision and settings in summary.json."""
+    out = tmp_path / "out"
+    trackers = ["paper", "difftrack", "zero_motion", "lucas_kanade"]
+    assert tapvid_benchmark.main(["--dataset", "davis", "--root", str(fixture_root), "--limit", "2",
+                                  "--model", str(tiny_pipeline), "--device", "cpu", "--dtype", "float32",
+                                  "--protocol", "release", "--trackers", ",".join(trackers), "--out", str(out)]) == 0
+    _, run = _check_outputs(fixture_root, out, trackers, "release", limit=2)
+    assert run["device"] == "cpu" and run["dtype"] == "float32" and run["model"] == str(tiny_pipeline)
+    assert run["revision"].startswith("config-sha256:")
+    assert run["settings"]["paper"]["release_quirks"] is False and run["settings"]["paper"]["steps"] == [49]
+    assert run["settings"]["difftrack"]["noise"] == "clean"  # no embedded-model calibration on another model
+    with np.load(out / "predictions_paper.npz") as predictions:  # the paper predicts no occlusion
+        queried = [key for key in predictions.files if key.endswith("/query_occluded")]
+        assert queried and not any(predictions[key].any() for key in queried)
+
+
 def _outputs(out, trackers):
     files = {name: (out / name).read_text() for name in ("summary.json", "per_video.csv", "summary.md")}
     for tracker in trackers:
@@ -219,23 +239,35 @@ def test_resume_skips_finished_videos(fixture_root, tmp_path, monkeypatch):
 
     calls = []
 
+    def interrupted(video, queries):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append("lucas_kanade")
+        return BASELINES["lucas_kanade"](video, queries)
+
     def counting(name):
         def tracker(video, queries):
             calls.append(name)
             return BASELINES[name](video, queries)
         return tracker
 
-    (out / "partial" / "lucas_kanade" / "000001.npz").unlink()
-    for path in out.glob("*.*"):
-        path.unlink()
-    wrapped = {name: counting(name) for name in BASELINES}
-    monkeypatch.setattr("difftrack.baselines.BASELINES", wrapped)
+    resumed = tmp_path / "resumed"
+    argv = [*argv[:-1], str(resumed)]
+    monkeypatch.setattr("difftrack.baselines.BASELINES", dict(BASELINES, lucas_kanade=interrupted))
+    assert tapvid_benchmark.main(argv) == 130  # stopped on the second video: its first one is kept
+    assert not (resumed / "summary.json").exists()
+    calls.clear()
+    monkeypatch.setattr("difftrack.baselines.BASELINES", {name: counting(name) for name in BASELINES})
     assert tapvid_benchmark.main(argv) == 0
-    assert calls == ["lucas_kanade"]  # only the deleted (tracker, video) ran again
-    _assert_same_outputs(first, _outputs(out, ["zero_motion", "lucas_kanade"]))
+    assert calls == ["lucas_kanade", "zero_motion", "lucas_kanade"]  # only the unfinished (tracker, video) pairs
+    _assert_same_outputs(first, _outputs(resumed, ["zero_motion", "lucas_kanade"]))
 
-    # A different run into the same --out is refused, not mixed in.
-    assert tapvid_benchmark.main([*argv[:-3], "--mode", "first", "--out", str(out)]) == 2
+    # A different run into a folder holding another run's partial results is refused, not mixed in.
+    monkeypatch.setattr("difftrack.baselines.BASELINES", dict(BASELINES, lucas_kanade=interrupted))
+    calls.clear()
+    other = tmp_path / "other"
+    assert tapvid_benchmark.main([*argv[:-1], str(other)]) == 130
+    assert tapvid_benchmark.main([*argv[:-3], "--protocol", "first", "--out", str(other)]) == 2
 
 
 def test_two_torchrun_processes_give_the_single_process_result(fixture_root, tmp_path):
@@ -247,9 +279,6 @@ def test_two_torchrun_processes_give_the_single_process_result(fixture_root, tmp
                              str(BENCHMARKS / "tapvid.py"), *argv, "--out", str(tmp_path / "sharded")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    # Each rank stored only its own videos (index % 2 == rank); rank 0 wrote everything.
-    assert sorted(p.name for p in (tmp_path / "sharded" / "partial" / "zero_motion").glob("*.npz")) == [
-        "000000.npz", "000001.npz", "000002.npz"]
     _assert_same_outputs(_outputs(tmp_path / "single", ["zero_motion", "lucas_kanade"]),
                          _outputs(tmp_path / "sharded", ["zero_motion", "lucas_kanade"]))
 

@@ -9,13 +9,13 @@ from difftrack.cli import main
 def test_models_lists_every_entry_with_source_and_weights(capsys):
     assert main(["models"]) == 0
     out, err = capsys.readouterr()
-    lines = out.strip().splitlines()
+    header, *lines = out.strip().splitlines()
     entries = list_backbones()
+    assert header.split()[:3] == ["name", "source", "weights"] and "tracking layers" in header
     assert len(lines) == len(entries) and err == ""
     for entry, line in zip(entries, lines):
         status = "present" if entry.weights_present() else "absent"
-        assert line.split()[:2] == [entry.name, entry.source]
-        assert f"weights {status}" in line
+        assert line.split()[:3] == [entry.name, entry.source, status]
     names = [e.name for e in entries]
     for name in ("cogvideox-2b", "cogvideox-5b", "cogvideox-5b-i2v", "hunyuanvideo", "wan2.1-t2v-1.3b"):
         assert name in names
@@ -61,5 +61,10 @@ def test_models_shows_the_methods_defaults_from_a_cached_config(tmp_path):
                          text=True)
     assert run.returncode == 0, run.stderr[-1000:]
     rows = {r["name"]: r for r in json.loads(run.stdout)}
-    assert rows["cogvideox-2b"]["defaults"] == {"track_layers": [17], "track_step": [49, 50], "cag_layers": [13, 17, 21]}
-    assert rows["cogvideox-5b"]["defaults"] is None and rows["tiny-image"]["defaults"]["cag_layers"] is None
+    assert rows["cogvideox-2b"]["defaults"] == {"track_layers": [17], "track_step": [49, 50], "cag_layers": [13, 17, 21],
+                                                "tracker": "paper", "paper_size": None, "paper_chunk": None}
+    assert rows["tiny-image"]["defaults"]["cag_layers"] is None and rows["tiny-video"]["defaults"]["tracker"] == "difftrack"
+    # without its config, a checkpoint's defaults come from the architecture the registry records for it
+    assert rows["cogvideox-5b"]["defaults"]["cag_layers"] == [15, 17, 18]
+    assert rows["hunyuanvideo"]["defaults"]["track_layers"] == [16] and rows["hunyuanvideo"]["defaults"]["paper_size"] == [480, 720]
+    assert all(row["defaults"] is not None for row in rows.values())

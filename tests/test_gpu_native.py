@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ["track_short", "track_long", "analyze", "generate_cfg", "generate_cag"]
+CASES = ["track_short", "track_long", "track_paper_short", "track_paper_long", "analyze", "generate_cfg", "generate_cag"]
 STAGES = {"track": {"vae_encode", "transformer"}, "analyze --video": {"vae_encode", "transformer"},
           "generate": {"text_encoder", "transformer", "vae_decode"}}
 
@@ -31,7 +31,7 @@ def _check_case(name, case):
 def test_a_tiny_cpu_run_records_every_case_with_real_values(tmp_path):
     out = tmp_path / "native.json"
     done = _run("--device", "cpu", "--dtype", "float32", "--tiny", "--families", "ltx-video", "cogvideox-5b-i2v",
-                "--smoke", "ltx-video", "--out", str(out))
+                "--smoke", "ltx-video", "--budget-s", "100000", "--out", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert (result["device_type"], result["dtype"], result["tiny"], result["timer"]) == ("cpu", "float32", True,
@@ -50,6 +50,8 @@ def test_a_tiny_cpu_run_records_every_case_with_real_values(tmp_path):
             _check_case(name, case)
     assert i2v["cases"]["track_long"]["windows"] > i2v["cases"]["track_short"]["windows"] >= 1
     assert i2v["cases"]["track_long"]["frames"] == 9 and i2v["cases"]["analyze"]["layers"] == 2
+    paper = i2v["cases"]["track_paper_long"]
+    assert paper["tracker"] == "paper" and paper["forwards"] > i2v["cases"]["track_paper_short"]["forwards"] >= 1
 
     # Next to each case, real_memory.json's prediction for the same command (the I2V model has the 5B's).
     predicted = {name: case["predicted_gib"] for name, case in i2v["cases"].items()}

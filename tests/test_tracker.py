@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from difftrack.backbones.cogvideox import CogVideoXBackbone
+from difftrack.backbones.embedded import EMBEDDED_TRACKER_SETTINGS
 from difftrack.cli import main
 from difftrack.errors import UserError
 from difftrack.data.synthetic import generate_clip
@@ -73,7 +74,7 @@ def test_tracker_shapes_query_frames_and_independence(backbone):
 
 
 def test_predictor_has_cotracker_shapes(backbone):
-    predictor = DiffTrackerPredictor(backbone, window=5, num_steps=10, steps=[9])
+    predictor = DiffTrackerPredictor(backbone, tracker="difftrack", window=5, num_steps=10, steps=[9])
     video = torch.randint(0, 255, (2, 6, 3, 32, 32)).float()
     queries = torch.tensor([[[0.0, 5.0, 5.0]], [[2.0, 20.0, 9.0]]])
     tracks, vis = predictor(video, queries)
@@ -272,7 +273,8 @@ def test_an_uncovered_wall_point_follows_the_pan_through_chained_windows_with_an
     query = np.float32([[0, 88.0, 104.0]])
     truth, truth_visible = clip.track(query)
     assert truth_visible.all() and np.ptp(truth[0], axis=0).max() > 16  # in view throughout, moving over a token
-    tracker = DiffTracker(backbone, window=window, num_steps=10, steps=[5])
+    # the decoder's mechanisms (dominant motion, presence), with the settings they were calibrated with
+    tracker = DiffTracker(backbone, window=window, num_steps=10, steps=[5], **EMBEDDED_TRACKER_SETTINGS)
     tracker._descriptors = _wall_oracle(clip, grid=8)
     tracks, visible = tracker(clip.video, query)
     assert visible.all()
@@ -285,7 +287,8 @@ def test_a_sprite_covering_a_wall_point_for_a_known_span_is_called_occluded(back
     query = np.float32([[0, 24.0, 8.0]])  # a wall point the sprite covers on frames 2-3 only
     truth, truth_visible = clip.track(query)
     assert np.nonzero(~truth_visible[0])[0].tolist() == [2, 3]
-    tracker = DiffTracker(backbone, window=window, num_steps=10, steps=[5])
+    # the decoder's mechanisms (dominant motion, presence), with the settings they were calibrated with
+    tracker = DiffTracker(backbone, window=window, num_steps=10, steps=[5], **EMBEDDED_TRACKER_SETTINGS)
     tracker._descriptors = _wall_oracle(clip, grid=8)
     tracks, visible = tracker(clip.video, query)
     assert visible[:, 0].tolist() == truth_visible[0].tolist()
@@ -297,7 +300,7 @@ def test_a_sprite_covering_a_wall_point_for_a_known_span_is_called_occluded(back
 def test_temporal_modes_and_noise_draws_run(backbone, temporal):
     video = np.random.default_rng(4).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
     queries = np.array([[0, 10.0, 12.0]], np.float32)
-    tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[5], temporal=temporal, noise_draws=2)
+    tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[5], temporal=temporal, noise="add", noise_draws=2)
     tracks, visible = tracker(video, queries)
     assert tracks.shape == (6, 1, 2) and tracker.stats.forwards == 2 * len(frame_windows(6, 4))
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from difftrack.analysis.jobs import AnalysisConfig, VideoJob, generation_size, load_video
+from difftrack.analysis.jobs import AnalysisConfig, VideoJob, generation_size, load_video, release_tracks
 from difftrack.analysis.labellers import ExactLabeller, make_labeller
 from difftrack.analysis.metrics import StepReducer, grid_query_tokens, pck_thresholds, score_reduction
 from difftrack.capture import DescriptorCapture
@@ -73,8 +73,15 @@ class Analyzer:
         text_tokens = bb.encode_prompt([job.prompt]).shape[1]
         geometry = bb.geometry(torch.empty(latent_shape, device="meta"), text_tokens, frame_size=(height, width),
                                rgb_frames=frames)
-        query_xy = grid_query_tokens(geometry, cfg.grid)
+        known = None  # the release's dataset: the authors' tracks of this prompt, queried where frame 0 shows them
+        if "release_tracks" in job.extra:
+            tracks, visible = release_tracks(job, (height, width), frames)
+            known = tracks[:, visible[0]], visible[:, visible[0]]
+            query_xy = geometry.pixel_to_token(known[0][0])
+        else:
+            query_xy = grid_query_tokens(geometry, cfg.grid)
         reducer = StepReducer(geometry, query_xy, window=cfg.refine_window, backend=cfg.backend,
+                              bidirectional=cfg.bidirectional,
                               **self._figure_selection(geometry, query_xy, want_figures))
         guidance = GuidanceConfig("cfg", cfg.guidance_scale) if cfg.guidance_scale > 1 else GuidanceConfig("none")
         cond_row = [1] if guidance.uses_uncond else [0]  # the sampler batches [uncond, cond]
@@ -85,6 +92,8 @@ class Analyzer:
 
             video = sample(bb, job.prompt, num_frames=frames, height=height, width=width, num_steps=cfg.num_steps,
                            seed=job.seed, guidance=guidance, on_step=on_step, output="uint8", progress=progress)
+        if known is not None:
+            return video, geometry, reducer, *known
         queries = np.concatenate([np.zeros((len(query_xy), 1)), geometry.token_to_pixel(query_xy)], 1)
         tracks, visible = self.labeller(video, queries.astype(np.float32))
         return video, geometry, reducer, tracks, visible
@@ -116,6 +125,7 @@ class Analyzer:
             tracks, visible = tracks[:, keep], visible[:, keep]
             query_xy = geometry.pixel_to_token(tracks[0])
         reducer = StepReducer(geometry, query_xy, window=cfg.refine_window, backend=cfg.backend,
+                              bidirectional=cfg.bidirectional,
                               **self._figure_selection(geometry, query_xy, want_figures))
         self.reduce_steps(latents, conditioning, reducer, desc=f"analysing {job.name}", progress=progress)
         return video, geometry, reducer, tracks, visible

@@ -35,6 +35,7 @@ class AnalysisConfig:
     noise: str = "add"  # real videos
     seed: int = 0  # real videos: seed of the added noise
     refine_window: int = 1
+    bidirectional: bool = True  # average C[s->j] with C[j->s]^T, as the method does; False: forward only
     features: bool = True
     backend: str = "auto"
     figure_points: int = 3
@@ -71,6 +72,17 @@ def generation_size(backbone, config: AnalysisConfig) -> tuple[int, int, int]:
     return frames, height, width
 
 
+def release_tracks(job: VideoJob, size: tuple[int, int], frames: int):
+    """The authors' tracks of a video of the release's dataset (``job.extra``), in pixels of ``size``."""
+    from difftrack.data.release import read_release_tracks
+
+    tracks, visible = read_release_tracks(job.extra["release_tracks"], job.extra["release_visibility"], size)
+    if len(tracks) != frames:
+        raise UserError(f"{job.extra['release_tracks']} tracks {len(tracks)} frames but {job.path or 'the video'} "
+                        f"has {frames}; give the video generated for this prompt")
+    return tracks, visible
+
+
 def default_real_frames(backbone) -> int:
     """RGB frames of the model's trained window."""
     return (backbone.max_frames - 1) * backbone.temporal_compression + 1
@@ -81,10 +93,12 @@ def load_video(job: VideoJob, backbone, config: AnalysisConfig):
     cfg = config
     clip = None
     if job.kind == "video":
-        video, _ = read_video(job.path)
+        video, _ = read_video(job.path, allow_short=job.extra.get("allow_short_video", False))
         tracks = visible = None
         if job.tracks:
             tracks, visible, _ = load_tracks(job.tracks, len(video))
+        elif "release_tracks" in job.extra:
+            tracks, visible = release_tracks(job, video.shape[1:3], len(video))
     elif job.kind == "tapvid":
         from difftrack.data.tapvid import TapVidReader, to_protocol
 

@@ -103,10 +103,14 @@ class StepReducer:
     3-component PCA of q and k are kept as well (small, for the report's figures).
     """
 
-    def __init__(self, geometry: TokenGeometry, query_xy: np.ndarray, window: int = 1, backend: str = "auto", figure: set[tuple[int, int]] | None = None,
-                 figure_points: list[int] | None = None, figure_frames: list[int] | None = None):
+    def __init__(self, geometry: TokenGeometry, query_xy: np.ndarray, window: int = 1, backend: str = "auto",
+                 figure: set[tuple[int, int]] | None = None, figure_points: list[int] | None = None,
+                 figure_frames: list[int] | None = None, bidirectional: bool = True):
         self.geometry = geometry
         self.query_xy = torch.as_tensor(np.asarray(query_xy), dtype=torch.float32)
+        self.bidirectional = bidirectional
+        # the token under each query, where the reverse direction's softmax over frame 0 is read
+        self.query_token = torch.from_numpy(geometry.nearest_token(geometry.token_to_pixel(np.asarray(query_xy))))
         self.window = window
         self.backend = backend
         self.figure = figure or set()
@@ -133,7 +137,8 @@ class StepReducer:
         grid = (g.grid_h, g.grid_w)
         q, k = desc.query[0], desc.key[0]
         text_k = None if desc.text_key is None else desc.text_key[0]
-        qk = match(self._frame_queries(q), k, grid, 0, text_key=text_k, window=self.window,
+        reverse = (q, self.query_token.to(q.device)) if self.bidirectional else None
+        qk = match(self._frame_queries(q), k, grid, 0, text_key=text_k, window=self.window, reverse=reverse,
                    backend=self.backend)
         feat_xy = None
         if desc.feature is not None:

@@ -10,7 +10,8 @@ cell by cell. All three tables are indexed by the same (layer, step), so accurac
 paired with the scores at step t (the authors' release pairs accuracy at t + 1 with scores at t).
 
 The recommendation takes the step of the best cell and the ``top`` best layers at that step, so
-``track --layers auto`` gets layers that work together at one step.
+``track --layers auto`` gets layers that work together at one step; cells without a score (NaN: no
+ground-truth point to score) are never recommended, and a table without any scored cell recommends nothing.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ def rank(means: dict[str, np.ndarray], layers: list[int], steps: list[int], accu
     ranking = [{"layer": layers[i], "step": steps[j], "score": float(score[i, j]),
                 **{name: float(means[name][i, j]) for name in (accuracy, *RANKED_SCORES)}}
                for i, j in order if np.isfinite(score[i, j])]
-    best_step = ranking[0]["step"] if ranking else steps[-1]
+    if not ranking:  # no cell has a score: nothing to recommend
+        return {"score": score, "normalised": normalised, "ranking": [], "layers": [], "steps": []}
+    best_step = ranking[0]["step"]
     column = score[:, steps.index(best_step)]
-    best_layers = [layers[i] for i in np.argsort(-np.nan_to_num(column, nan=-1), kind="stable")[:top]]
+    best_layers = [layers[i] for i in np.argsort(-np.nan_to_num(column, nan=-1), kind="stable")[:top]
+                   if np.isfinite(column[i])]
     return {"score": score, "normalised": normalised, "ranking": ranking, "layers": best_layers,
             "steps": [best_step]}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import warnings
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import difftrack
 from difftrack.analysis.metrics import BASELINE_METRICS, METRIC_LABELS, METRICS
 from difftrack.analysis.ranking import aggregate, rank
 from difftrack.drawing import pyplot, save_figure
-from difftrack.io import atomic_path, format_number, json_safe, write_json
+from difftrack.io import atomic_path, count_noun, format_number, json_safe, write_json
 
 DPI = 80
 METHOD_NOTE = (
@@ -50,7 +49,8 @@ def findings(means: dict[str, np.ndarray], layers: list[int], steps: list[int], 
     spread = float(np.nanmax(per_layer) - np.nanmin(per_layer)) if len(layers) > 1 else 0.0
     out["few_layers_dominate"] = {
         "best_per_layer": {str(layers[i]): float(per_layer[i]) for i in range(len(layers))},
-        "top_layers": [layers[i] for i in order[:top]], "top_mean": float(np.nanmean(per_layer[order[:top]])),
+        "top_layers": [layers[i] for i in order[:top] if np.isfinite(per_layer[i])],
+        "top_mean": float(np.nanmean(per_layer[order[:top]])),
         "rest_mean": float(np.nanmean(per_layer[order[top:]])) if len(layers) > top else None,
         "median_layer": float(np.nanmedian(per_layer)), "spread": spread}
     if len(steps) > 1:
@@ -97,7 +97,10 @@ def write_report(out: Path, records: list[dict], backbone, config, layers: list[
                       "metric": f"harmonic mean of min-max normalised {accuracy}, conf_cross, attn_cross",
                       "videos": len(records)}
     write_json(out / "results.json", json_safe(results))
-    write_json(out / "recommendation.json", recommendation)
+    if ranked["layers"]:
+        write_json(out / "recommendation.json", recommendation)
+    else:  # one left by an earlier run would be read by `--layers auto` as this run's
+        (out / "recommendation.json").unlink(missing_ok=True)
     _write_csvs(out, records, agg, ranked, layers, steps)
     figures = _write_figures(out, means, agg, ranked["score"], layers, steps, accuracy, figures_path)
     _write_index(out, results, recommendation, figures)
@@ -252,19 +255,20 @@ def _write_index(out: Path, results: dict, recommendation: dict, figures: list[t
     items = []
     if "qk_vs_features" in f:
         q = f["qk_vs_features"]
-        items.append(f"q-k vs features ({esc(q['metric'])}): best cell {q['best_qk']:.3f} vs {q['best_feature']:.3f}, "
-                     f"table mean {q['mean_qk']:.3f} vs {q['mean_feature']:.3f}; q-k higher in {q['cells_qk_better']} "
-                     f"of {q['cells']} cells.")
+        items.append(f"q-k vs features ({esc(q['metric'])}): best cell {format_number(q['best_qk'])} vs "
+                     f"{format_number(q['best_feature'])}, table mean {format_number(q['mean_qk'])} vs "
+                     f"{format_number(q['mean_feature'])}; q-k higher in {q['cells_qk_better']} of {q['cells']} cells.")
     d = f["few_layers_dominate"]
-    items.append(f"Layers: best accuracy per layer {esc(json.dumps(d['best_per_layer']))}; top layers {d['top_layers']} "
-                 f"average {d['top_mean']:.3f}, median layer {d['median_layer']:.3f}.")
+    per_layer = ", ".join(f"layer {layer} {format_number(value)}" for layer, value in d["best_per_layer"].items())
+    items.append(f"Layers: best accuracy per layer: {esc(per_layer)}; top layers {d['top_layers']} "
+                 f"average {format_number(d['top_mean'])}, median layer {format_number(d['median_layer'])}.")
     if "rises_as_noise_falls" in f:
         r = f["rises_as_noise_falls"]
-        rho = "n/a" if r["spearman_step_vs_accuracy_best_layer"] is None else \
-            f"{r['spearman_step_vs_accuracy_best_layer']:.2f}"
-        items.append(f"Noise: layer {r['layer']} goes from {r['best_layer_first']:.3f} at step {r['first_step']} to "
-                     f"{r['best_layer_last']:.3f} at step {r['last_step']} (mean over layers {r['layer_mean_first']:.3f}"
-                     f" -> {r['layer_mean_last']:.3f}); Spearman(step, accuracy) = {rho}.")
+        rho = format_number(r["spearman_step_vs_accuracy_best_layer"], ".2f")
+        items.append(f"Noise: layer {r['layer']} goes from {format_number(r['best_layer_first'])} at step "
+                     f"{r['first_step']} to {format_number(r['best_layer_last'])} at step {r['last_step']} (mean over "
+                     f"layers {format_number(r['layer_mean_first'])} -> {format_number(r['layer_mean_last'])}); "
+                     f"Spearman(step, accuracy) = {rho}.")
     zero = []
     for m in BASELINE_METRICS:
         # the baseline does not depend on layer or step: one value per video
@@ -282,6 +286,13 @@ def _write_index(out: Path, results: dict, recommendation: dict, figures: list[t
                        for k, e in enumerate(results["ranking"][:10]))
     figs = "".join(f'<figure><img src="{esc(name)}" alt="{esc(name)}"><figcaption>{esc(caption)}</figcaption></figure>'
                    for name, caption in figures)
+    if recommendation["layers"]:
+        advice = (f"layers {recommendation['layers']} at step {recommendation['steps']} of "
+                  f"{recommendation['num_steps']} (<a href=\"recommendation.json\">recommendation.json</a>; "
+                  f"{esc(recommendation['metric'])}).")
+    else:
+        advice = ("none: no layer and step has a score (no ground-truth point was visible on two frames to match), "
+                  "so no recommendation.json was written.")
     cfg = results["config"]
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>difftrack analysis: {esc(results['model'])}</title>
@@ -289,7 +300,7 @@ def _write_index(out: Path, results: dict, recommendation: dict, figures: list[t
 vertical-align:top;max-width:520px}}img{{max-width:100%}}figcaption{{font-size:12px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}</style></head><body>
 <h1>Temporal correspondence analysis: {esc(results['model'])}</h1>
-<p>{len(results['videos'])} videos; layers {results['layers']}; steps {results['steps']} of {results['num_steps']}
+<p>{count_noun(len(results['videos']), 'video')}; layers {results['layers']}; steps {results['steps']} of {results['num_steps']}
 (step 0 = noisiest); labeller {esc(cfg['labeller'])}; query grid {cfg['grid']}x{cfg['grid']} on frame 0; ranking
 accuracy metric <code>{esc(results['accuracy_metric'])}</code>. Accuracy is PCK of the refined correspondence over
 ground-truth-visible points; <code>pck</code> = 8 px at 480x720 scaled to the video's resolution,
@@ -297,9 +308,8 @@ ground-truth-visible points; <code>pck</code> = 8 px at 480x720 scaled to the vi
 <a href="aggregate.csv">aggregate.csv</a>, <a href="per_video.csv">per_video.csv</a>.</p>
 <h2>Method</h2><p>{esc(METHOD_NOTE)}</p>
 <h2>Findings</h2><ul>{''.join(f'<li>{i}</li>' for i in items)}</ul>
-<h2>Recommendation</h2><p>layers {recommendation['layers']} at step {recommendation['steps']} of
-{recommendation['num_steps']} (<a href="recommendation.json">recommendation.json</a>; {esc(recommendation['metric'])}).</p>
-<table><tr><th>rank</th><th>layer</th><th>step</th><th>score</th></tr>{top_rows}</table>
+<h2>Recommendation</h2><p>{advice}</p>
+{f"<table><tr><th>rank</th><th>layer</th><th>step</th><th>score</th></tr>{top_rows}</table>" if top_rows else ""}
 <h2>Figures</h2>{figs}
 <h2>Videos</h2><table><tr><th>id</th><th>prompt / source</th><th>frames x H x W</th><th>points</th>
 <th>visible</th><th>seconds</th></tr>{videos}</table>

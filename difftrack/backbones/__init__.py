@@ -7,15 +7,20 @@ configuration) and its name in ``_import_families``; nothing in the tracker or a
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import logging
 import os
+import re
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from difftrack.backbones.base import Backbone, Deferred, ProcessorCall
-from difftrack.errors import UserError
+from difftrack.errors import UserError, check_index_range
 
 
 @dataclass
@@ -27,14 +32,21 @@ class BackboneEntry:
     weights_present: Callable[[], bool]
     adapter: type | None = None
     transformer_config: Callable[[], str | None] = lambda: None  # path of transformer/config.json, if here
+    architecture: tuple[int, int] | None = None  # (attention layers, heads) of the checkpoint, known without it
 
     def defaults(self) -> dict | None:
-        """The method's defaults for this entry's architecture, from its config alone (None when absent)."""
+        """The method's defaults for this entry's architecture, from its config when it is here, else from the
+        architecture the registry records (None when neither is known)."""
         path = self.transformer_config()
-        if self.adapter is None or path is None or not os.path.isfile(path):
+        if self.adapter is None:
             return None
-        with open(path) as fh:
-            defaults = self.adapter.defaults_for(json.load(fh))
+        if path is not None and os.path.isfile(path):
+            with open(path) as fh:
+                defaults = self.adapter.defaults_for(json.load(fh))
+        elif self.architecture is not None:
+            defaults = self.adapter.defaults_for_architecture(*self.architecture)
+        else:
+            return None
         return {**defaults, "cag_layers": None if self.adapter.cag_refusal else defaults["cag_layers"]}
 
 
@@ -64,18 +76,20 @@ _TINY_CONFIGS: dict[str, TinyConfig] = {}
 
 
 def register_backbone(name: str, *, source: str, description: str, weights_present: Callable[[], bool],
-                      adapter: type | None = None, transformer_config: Callable[[], str | None] | None = None):
+                      adapter: type | None = None, transformer_config: Callable[[], str | None] | None = None,
+                      architecture: tuple[int, int] | None = None):
     def wrap(factory):
         _REGISTRY[name] = BackboneEntry(name, factory, source, description, weights_present, adapter,
-                                        transformer_config or (lambda: None))
+                                        transformer_config or (lambda: None), architecture)
         return factory
 
     return wrap
 
 
 def register_checkpoint(name: str, hub_id: str, loader: Callable[..., Backbone], adapter: type,
-                        description: str) -> None:
-    """A registry name for a hub checkpoint that ``loader(where, name=..., **kw)`` loads (from the local cache)."""
+                        description: str, architecture: tuple[int, int]) -> None:
+    """A registry name for a hub checkpoint that ``loader(where, name=..., **kw)`` loads (from the local cache);
+    ``architecture`` is its (attention layers, heads), so its defaults are known before its weights are here."""
 
     def transformer_config():
         from huggingface_hub import try_to_load_from_cache
@@ -84,7 +98,7 @@ def register_checkpoint(name: str, hub_id: str, loader: Callable[..., Backbone],
         return path if isinstance(path, str) else None
 
     register_backbone(name, source=hub_id, description=description, weights_present=hub_weights_present(hub_id),
-                      adapter=adapter, transformer_config=transformer_config)(
+                      adapter=adapter, transformer_config=transformer_config, architecture=architecture)(
         lambda **kw: loader(hub_snapshot(hub_id), name=name, **kw))
 
 
@@ -118,9 +132,13 @@ def list_backbones() -> list[BackboneEntry]:
     return [_REGISTRY[n] for n in names]
 
 
-def create_backbone(name_or_path: str = DEFAULT_BACKBONE, **kwargs) -> Backbone:
-    """Build a backbone from a registry name, a local diffusers pipeline directory or a hub id."""
+def create_backbone(name_or_path: str = DEFAULT_BACKBONE, device=None, dtype=None, **kwargs) -> Backbone:
+    """Build a backbone from a registry name, a local diffusers pipeline directory or a hub id, on ``device`` in
+    ``dtype`` (the CLI's defaults: cuda when available, else cpu; bfloat16 on a GPU, float32 on the CPU)."""
+    from difftrack.options import device_and_dtype
+
     _import_families()
+    kwargs.update(device_and_dtype(device, dtype))
     if name_or_path in _REGISTRY:
         return _REGISTRY[name_or_path].factory(**kwargs)
     if os.path.isdir(name_or_path):
@@ -128,8 +146,7 @@ def create_backbone(name_or_path: str = DEFAULT_BACKBONE, **kwargs) -> Backbone:
         if not os.path.isfile(index):
             raise UserError(f"{name_or_path} has no model_index.json: point --model at a diffusers pipeline "
                             f"directory (save_pretrained output) or use one of: {', '.join(_REGISTRY)}")
-        with open(index) as fh:
-            cls_name = json.load(fh).get("_class_name", "")
+        cls_name = read_json_file(index, "a pipeline's model_index.json").get("_class_name", "")
         return _loader_for(cls_name, name_or_path, name_or_path)(name_or_path, **kwargs)
     if "/" in name_or_path:
         cls_name = _hub_pipeline_class(name_or_path)
@@ -137,6 +154,40 @@ def create_backbone(name_or_path: str = DEFAULT_BACKBONE, **kwargs) -> Backbone:
         return _loader_for(cls_name, name_or_path, where)(where, **{"name": name_or_path, **kwargs})
     raise UserError(f"unknown model {name_or_path!r}; known: {', '.join(_REGISTRY)} "
                     f"(or a hub id like THUDM/CogVideoX-2b, or a local pipeline directory)")
+
+
+def known_layer_count(name_or_path: str) -> int | None:
+    """Attention layers of a model, from the registry or its transformer config alone, without loading weights
+    (None where neither is here, for the loaded model to check)."""
+    _import_families()
+    entry = _REGISTRY.get(name_or_path)
+    if entry is not None:
+        path = entry.transformer_config()
+        if entry.adapter is not None and path is not None and os.path.isfile(path):
+            return entry.adapter.architecture(read_json_file(path, "a transformer config"))[0]
+        return entry.architecture[0] if entry.architecture else None
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, "transformer", "config.json")
+    elif "/" in name_or_path:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(name_or_path, "transformer/config.json")
+    else:
+        return None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    config = read_json_file(path, "a transformer config")
+    if "num_layers" not in config:
+        return None
+    # Every family's config counts its attention blocks in num_layers, HunyuanVideo's single-stream ones apart.
+    return int(config["num_layers"]) + int(config.get("num_single_layers", 0))
+
+
+def check_known_layers(name_or_path: str, layers) -> None:
+    """Refuse layer indices outside the model's range before its weights load, where the range is known then."""
+    count = known_layer_count(name_or_path)
+    if layers and count is not None:
+        check_index_range("layer", layers, count)
 
 
 def _loader_for(cls_name: str, name: str, directory: str):
@@ -156,8 +207,20 @@ def _hub_pipeline_class(repo_id: str) -> str:
         raise UserError(f"weights for {repo_id} are not in the local Hugging Face cache and cannot be fetched here: "
                         f"run `huggingface-cli download {repo_id}` on a connected machine (or copy the directory) "
                         f"and pass it with --model")
-    with open(path) as fh:
-        return json.load(fh).get("_class_name", "")
+    return read_json_file(path, "a pipeline's model_index.json").get("_class_name", "")
+
+
+def read_json_file(path: str, what: str) -> dict:
+    """The JSON object in ``path``, which should be ``what``; one line naming the file when it is damaged."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}): a damaged or cut-short copy of {what}; copy or "
+                        f"download the model again") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not {what}; copy or download the model again")
+    return data
 
 
 def hub_snapshot(repo_id: str) -> str:
@@ -190,14 +253,62 @@ def hub_weights_present(repo_id: str) -> Callable[[], bool]:
 def load_component(cls, where: str, subfolder: str | None = None, **kwargs):
     """`cls.from_pretrained` from a local directory or the local hub cache, with one clear line when absent."""
     try:
-        if subfolder is None:
-            return cls.from_pretrained(where, local_files_only=True, **kwargs)
-        return cls.from_pretrained(where, subfolder=subfolder, local_files_only=True, **kwargs)
+        with _held_library_logs():
+            if subfolder is None:
+                return cls.from_pretrained(where, local_files_only=True, **kwargs)
+            return cls.from_pretrained(where, subfolder=subfolder, local_files_only=True, **kwargs)
     except (OSError, EnvironmentError, ValueError) as exc:
-        part = f"{where}/{subfolder}" if subfolder else where
-        raise UserError(f"cannot load {cls.__name__} from {part}: weights missing or incomplete "
-                        f"({str(exc).splitlines()[0][:160]}); download the full pipeline with "
-                        f"`huggingface-cli download {where}` on a connected machine") from None
+        raise UserError(_load_failure(cls, where, subfolder, exc)) from None
+
+
+# Weights files as diffusers and transformers save them (single, sharded with an index, or pickled).
+_WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".pth", ".ckpt")
+
+
+def _load_failure(cls, where: str, subfolder: str | None, exc: Exception) -> str:
+    """The one line for a component that does not load: which file is missing or damaged, and how to get it."""
+    folder = os.path.join(where, subfolder) if subfolder else where
+    snapshot = re.search(r"models--([^/]+?)--([^/]+)/snapshots/", where.replace(os.sep, "/"))
+    fix = (f"run `huggingface-cli download {snapshot[1]}/{snapshot[2]}` on a connected machine" if snapshot else
+           "copy the whole pipeline directory again, or write it with the pipeline's save_pretrained")
+    weights = sorted(f for f in os.listdir(folder) if f.endswith(_WEIGHTS_SUFFIXES)) if os.path.isdir(folder) else []
+    if not os.path.isdir(folder):
+        reason = f"{folder} does not exist"
+    elif issubclass(cls, torch.nn.Module) and not weights:
+        expected = "model.safetensors" if cls.__module__.startswith("transformers") else \
+            "diffusion_pytorch_model.safetensors"
+        reason = f"{folder} holds no weights file ({expected})"
+    elif weights and "Unable to load weights" in str(exc):
+        reason = f"{', '.join(os.path.join(folder, f) for f in weights)} is damaged or cut short"
+    else:
+        reason = f"{folder}: " + (str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return f"cannot load {cls.__name__}, {reason}; {fix}"
+
+
+@contextlib.contextmanager
+def _held_library_logs():
+    """Hold what diffusers and transformers log while a component loads: a load that fails becomes one line of
+    ours (their guesses, such as fetching from the hub, would only mislead), one that succeeds shows them."""
+    names = [name for name in ("diffusers", "transformers") if name in sys.modules]
+    for name in names:  # each library installs its stderr handler on first use: now, not while ours is in place
+        importlib.import_module(f"{name}.utils.logging").get_logger(name)
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [list(logger.handlers) for logger in loggers]
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record):
+            held.append(record)
+
+    for logger in loggers:
+        logger.handlers = [Hold()]
+    try:
+        yield
+    finally:
+        for logger, handlers in zip(loggers, saved):
+            logger.handlers = handlers
+    for record in held:
+        logging.getLogger(record.name).handle(record)
 
 
 def load_components(where: str, dtype, device, float32: tuple[str, ...] = (), **classes) -> dict:

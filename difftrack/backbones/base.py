@@ -214,6 +214,14 @@ class Backbone:
     # {key: {"track_layers": (...), "track_step": (step, num_steps), "cag_layers": (...)}}.
     method_defaults: ClassVar[dict[tuple[int, int], dict]] = {}
     fallback_track_step: ClassVar[tuple[int, int]] = (49, 50)
+    # The tracker `difftrack track` runs by default: the paper's procedure ("paper") unless difftrack's own
+    # tracker has settings calibrated for the family (``tracker_settings``).
+    default_tracker: ClassVar[str] = "paper"
+
+    def tracker_settings(self) -> dict:
+        """Settings of difftrack's own tracker calibrated for this model (TrackerConfig fields); none by default,
+        so a real checkpoint never inherits values chosen on another model."""
+        return {}
 
     @classmethod
     def architecture(cls, config) -> tuple[int, int]:
@@ -225,12 +233,20 @@ class Backbone:
         """The method's tracking layers, (step, schedule length) and CAG layers for a transformer config:
         the published ones for a known architecture, else the middle layer(s) and ``fallback_track_step``.
         Readable from the config alone, so `difftrack models` shows them without loading weights."""
-        n, heads = cls.architecture(config)
+        return cls.defaults_for_architecture(*cls.architecture(config))
+
+    @classmethod
+    def defaults_for_architecture(cls, n: int, heads: int) -> dict:
+        """:meth:`defaults_for` of a transformer with ``n`` attention layers of ``heads`` heads."""
         known = cls.method_defaults.get((n, heads), {})
         middle = sorted({max(n // 2 - 1, 0), n // 2}) if n > 1 else [0]
         return {"track_layers": list(known.get("track_layers", ())) or [n // 2],
                 "track_step": tuple(known.get("track_step", cls.fallback_track_step)),
-                "cag_layers": list(known.get("cag_layers", ())) or middle}
+                "cag_layers": list(known.get("cag_layers", ())) or middle,
+                "tracker": cls.default_tracker,
+                # (height, width) and frames per forward of the paper's tracking when they are not the model's
+                # trained ones (None: the trained ones)
+                "paper_size": known.get("paper_size"), "paper_chunk": known.get("paper_chunk")}
 
     def track_layers(self) -> list[int]:
         """Tracking layers without an analysis recommendation: the method's for a known architecture, else
@@ -241,6 +257,13 @@ class Backbone:
     def default_track_step(self) -> tuple[int, int]:
         """(step index, schedule length) tracking reads without a recommendation."""
         return self.defaults_for(self.transformer.config)["track_step"]
+
+    def paper_geometry(self) -> tuple[tuple[int, int], int]:
+        """((height, width), frames per forward) of the paper's tracking procedure: the sizes its release used
+        for a known architecture, else the model's trained size and tracking window."""
+        known = self.defaults_for(self.transformer.config)
+        size = known["paper_size"] or self.generation_size()[1:]
+        return tuple(size), known["paper_chunk"] or self.frame_window
 
     def default_cag_layers(self) -> list[int]:
         """The method's CAG layers for a known architecture; otherwise the two middle layers."""
@@ -367,19 +390,27 @@ class Backbone:
 
     # ----- video <-> latents -------------------------------------------------------------------
     @torch.no_grad()
-    def encode_video(self, video: torch.Tensor, frame_as_latent: bool = False) -> torch.Tensor:
+    def encode_video(self, video: torch.Tensor, frame_as_latent: bool = False,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixels (B, T, 3, H, W) in [-1, 1] -> latents (B, F, C, h, w) as the transformer takes them.
 
         The stock video VAEs take (B, C, T, H, W); ``frame_as_latent`` encodes every RGB frame as a
         one-frame video, so latent frame f is RGB frame f (:meth:`frames_as_tokens` makes them model input).
+        Latents are the posterior's mode, or with ``generator`` (frame as latent only) a sample of it drawn
+        frame by frame in order, as the DiffTrack release encodes.
         """
         b, t = video.shape[:2]
         # self.device, not the VAE's: under model CPU offload the VAE waits on the CPU until its hook moves it
         # (and only it, not its input) to the execution device.
         video = video.to(self.device, self.vae.dtype)
+        if generator is not None and not frame_as_latent:
+            raise ValueError("posterior sampling is implemented for frame-as-latent encoding only")
         if frame_as_latent:
             frames = video.reshape(b * t, 1, *video.shape[2:]).permute(0, 2, 1, 3, 4)
-            lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
+            if generator is None:
+                lat = self.vae.encode(frames).latent_dist.mode()  # (B*T, C, 1, h, w)
+            else:
+                lat = torch.cat([self.vae.encode(f[None]).latent_dist.sample(generator) for f in frames])
             lat = lat.reshape(b, t, *lat.shape[1:]).squeeze(3)
         else:
             self.check_frame_count(t)
@@ -492,6 +523,21 @@ class Backbone:
         if type(self).perturbed_attention is Backbone.perturbed_attention:
             return f"the {self.family} adapter has no frame-local attention processor for CAG; use --guidance cfg"
         return None
+
+    def revision(self) -> str:
+        """Which weights these are: a hub snapshot's commit (the cache's snapshots/<commit>), else a digest of the
+        directory's model_index.json and transformer config (equal weights' directories share configs, so it
+        names the architecture and the source path names the copy)."""
+        import hashlib
+
+        path = Path(self.source) if self.source else None
+        if path is not None and path.parent.name == "snapshots":
+            return path.name
+        digest = hashlib.sha256()
+        for part in ("model_index.json", "transformer/config.json"):
+            if path is not None and (path / part).is_file():
+                digest.update((path / part).read_bytes())
+        return f"config-sha256:{digest.hexdigest()[:16]}"
 
     def describe(self) -> dict:
         cfg = self.transformer.config

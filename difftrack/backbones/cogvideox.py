@@ -221,13 +221,13 @@ load_cogvideox_i2v = register_pipeline_loader("CogVideoXImageToVideoPipeline")(
     component_loader(CogVideoXImageToVideoBackbone, _classes))
 
 register_checkpoint("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, CogVideoXBackbone,
-                    "CogVideoX-2B text-to-video, sin-cos positions")
+                    "CogVideoX-2B text-to-video, sin-cos positions", (30, 30))
 register_checkpoint("cogvideox-5b", "THUDM/CogVideoX-5b", load_cogvideox, CogVideoXBackbone,
-                    "CogVideoX-5B text-to-video, 3D RoPE")
+                    "CogVideoX-5B text-to-video, 3D RoPE", (42, 48))
 register_checkpoint("cogvideox1.5-5b", "THUDM/CogVideoX1.5-5B", load_cogvideox, CogVideoXBackbone,
-                    "CogVideoX 1.5 5B text-to-video, 3D RoPE, tokens of 2 latent frames")
+                    "CogVideoX 1.5 5B text-to-video, 3D RoPE, tokens of 2 latent frames", (42, 48))
 register_checkpoint("cogvideox-5b-i2v", "THUDM/CogVideoX-5b-I2V", load_cogvideox_i2v, CogVideoXImageToVideoBackbone,
-                    "CogVideoX-5B image-to-video, 3D RoPE")
+                    "CogVideoX-5B image-to-video, 3D RoPE", (42, 48))
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------

@@ -26,6 +26,9 @@ from difftrack.errors import UserError
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "embedded"
 PIPELINE_CLASS = "DifftrackEmbeddedPipeline"
+# difftrack's tracker as calibrated on tiny-video (see EmbeddedBackbone.tracker_settings)
+EMBEDDED_TRACKER_SETTINGS = {"noise": "add", "refine_window": 0, "temporal": "viterbi", "background_weight": 0.5,
+                             "presence_weight": 1.0}
 
 
 def model_config(layers: int = 6, heads: int = 4, head_dim: int = 32, size: int = 64, frames: int = 8,
@@ -73,6 +76,14 @@ class EmbeddedBackbone(CogVideoXBackbone):
     # CAG: the two layers with the best moved-point q-k matching there. Keyed by the shipped architecture.
     method_defaults = {(6, 4): {"track_layers": (5,), "track_step": (44, 50), "cag_layers": (4, 5)}}
     fallback_track_step = (44, 50)
+    # difftrack's tracker was calibrated on this model's generator clips (results/tracking/), the paper's was not
+    default_tracker = "difftrack"
+
+    def tracker_settings(self) -> dict:
+        """The tracker settings chosen on calibration clips of the generator (seeds 500000-500031), never on
+        held-out ones: noise added at the step, the point's own place inside its matched token, and the motion
+        prior's weights (results/tracking/: background_sweep, motion_prior_sweep, occlusion_sweep)."""
+        return dict(EMBEDDED_TRACKER_SETTINGS)
 
     def __init__(self, *args, info: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -100,7 +111,8 @@ class EmbeddedBackbone(CogVideoXBackbone):
                                 rgb_frames)
 
     @torch.no_grad()
-    def encode_video(self, video, frame_as_latent=False):
+    def encode_video(self, video, frame_as_latent=False, generator=None):
+        # A pixel-space model has no posterior to sample: ``generator`` changes nothing.
         b, t, c, h, w = video.shape
         if c != 3:
             raise UserError(f"{self.name} takes RGB videos (3 channels), got {c} channels")

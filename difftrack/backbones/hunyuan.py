@@ -28,7 +28,9 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     trained_latent_frames = 33  # the stock pipeline's 129 RGB frames
     text_position = "last"
     # method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.
-    method_defaults = {(60, 24): {"track_layers": (16,), "track_step": (29, 30)}}
+    # The release tracks HunyuanVideo as it tracks CogVideoX: 480x720 frames, 13 frames per forward.
+    method_defaults = {(60, 24): {"track_layers": (16,), "track_step": (29, 30), "paper_size": (480, 720),
+                                  "paper_chunk": 13}}
 
     @classmethod
     def architecture(cls, config) -> tuple[int, int]:
@@ -191,7 +193,7 @@ def _classes():
 load_hunyuan_video = register_pipeline_loader("HunyuanVideoPipeline")(component_loader(HunyuanVideoBackbone, _classes))
 
 register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video, HunyuanVideoBackbone,
-                    "HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE")
+                    "HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE", (60, 24))
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------

@@ -140,7 +140,7 @@ def _classes():
 load_ltx_video = register_pipeline_loader("LTXPipeline")(component_loader(LTXVideoBackbone, _classes))
 
 register_checkpoint("ltx-video", HUB_ID, load_ltx_video, LTXVideoBackbone,
-                    "LTX-Video 2B text-to-video, 32x32x8 VAE, 3D RoPE self-attention, text via separate cross-attention")
+                    "LTX-Video 2B text-to-video, 32x32x8 VAE, 3D RoPE self-attention, text via separate cross-attention", (28, 32))
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------

@@ -122,7 +122,7 @@ def wan_classes():
 load_wan = register_pipeline_loader("WanPipeline")(component_loader(WanBackbone, wan_classes, float32=("vae",)))
 
 register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
-                    "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention")
+                    "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention", (30, 12))
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------

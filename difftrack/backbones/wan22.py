@@ -65,7 +65,7 @@ def load_wan22(where, **kwargs):
 
 
 register_checkpoint("wan2.2-ti2v-5b", HUB_ID, load_wan22, Wan22Backbone,
-                    "Wan 2.2 TI2V 5B as text-to-video, 16x16x4 VAE with 48 latent channels, text via cross-attention")
+                    "Wan 2.2 TI2V 5B as text-to-video, 16x16x4 VAE with 48 latent channels, text via cross-attention", (30, 24))
 
 
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoint's geometry ----------

@@ -2,7 +2,8 @@
 
 CAG adds s_cag (pred_c - pred_perturbed) to classifier-free guidance, where the perturbed branch runs
 the --cag-layers with cross-frame attention removed (each video token sees only the text and its own
-latent frame). Writes OUT (MP4) and OUT.json (prompt, seed, guidance settings, model, seconds).
+latent frame). Writes the MP4 and, beside it, a JSON of the same name (--out v.mp4: v.mp4 and v.json) with
+the prompt, seed, guidance settings, model and seconds.
 
 examples:
   difftrack generate --prompt "a striped disc moves left over a brick wall" --out disc.mp4  # CFG
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 import difftrack
-from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.backbones import DEFAULT_BACKBONE, check_known_layers
 from difftrack.errors import UserError
 from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support
 from difftrack.io import atomic_path, read_image, read_prompts, write_video
@@ -80,12 +81,17 @@ def resolve_cag_layers(values, recommendation, backbone) -> list[int]:
         if recommendation is None:
             raise UserError("--cag-layers auto needs --recommendation DIR (from `difftrack analyze --out DIR`)")
         return backbone.recommendation(recommendation)[0]
+    return checked_cag_layers(values, backbone.check_layers)
+
+
+def checked_cag_layers(values: list[str], check) -> list[int]:
+    """--cag-layers given as integers, through ``check`` (a layer-range check that returns them)."""
     try:
         layers = [int(v) for v in values]
     except ValueError:
         raise UserError(f"--cag-layers takes integers or `auto`, got {' '.join(values)}") from None
     try:
-        return backbone.check_layers(layers)
+        return check(layers)
     except UserError as exc:
         raise UserError(f"--cag-layers: {exc}") from None
 
@@ -122,6 +128,8 @@ def run(args):
         prompts = [args.prompt]
     jobs = plan_outputs(args, prompts)
     image = read_image(args.image) if args.image else None
+    if args.guidance == "cag" and args.cag_layers not in (None, ["auto"]):  # before the model loads
+        checked_cag_layers(args.cag_layers, lambda layers: check_known_layers(args.model, layers))
 
     options = backbone_options(args)
     if args.offload and options["device"].type != "cuda":

@@ -1,9 +1,13 @@
-"""List the backbone registry: name, source, whether its weights are present here, and the method's
-defaults for its architecture (tracking layer and step, CAG layers), read from its config.
+"""List the models difftrack knows by name, whether their weights are here, and the method's defaults.
+
+For each: its source, whether its weights are present here, and the method's defaults for its architecture
+(tracking layers, the denoising step tracking reads, CAG layers, the tracker `difftrack track` runs by default:
+paper for real checkpoints, difftrack where difftrack's tracker is calibrated for the model), read from its
+config, or from the architecture difftrack records for it when the config is not here.
 
 The embedded default comes first. Any hub id or local diffusers pipeline directory also works as
 --model (with the same defaults for the same architecture); this list only names the ones difftrack
-knows by name. Defaults show as "-" for a checkpoint whose config is not in the local cache.
+knows by name.
 """
 
 from difftrack.backbones import DEFAULT_BACKBONE, list_backbones
@@ -22,17 +26,21 @@ def run(args):
 
         print(json.dumps(rows, indent=2))
         return
-    width = max(len(r["name"]) for r in rows)
-    swidth = max(len(r["source"]) for r in rows)
-    for r in rows:
-        tag = " (default)" if r["name"] == DEFAULT_BACKBONE else ""
-        print(f"{r['name']:<{width}}  {r['source']:<{swidth}}  weights {r['weights']:<7}  {_defaults(r['defaults']):<26}  "
-              f"{r['description']}{tag}")
+    table = [HEADER] + [[r["name"], r["source"], r["weights"], *_defaults(r["defaults"]),
+                         r["description"] + (" (default)" if r["name"] == DEFAULT_BACKBONE else "")] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER) - 1)]
+    for row in table:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[-1])
 
 
-def _defaults(d: dict | None) -> str:
+HEADER = ["name", "source", "weights", "tracking layers", "tracking step", "CAG layers", "tracker", "description"]
+
+
+def _defaults(d: dict | None) -> list[str]:
+    """Tracking layers, step ("44 of 50": step 44 of a 50-step schedule), CAG layers and the default tracker, "-"
+    where unknown."""
     if d is None:
-        return "defaults -"
+        return ["-", "-", "-", "-"]
     step, num_steps = d["track_step"]
-    cag = ",".join(map(str, d["cag_layers"])) if d["cag_layers"] else "-"
-    return f"track {','.join(map(str, d['track_layers']))} @ {step}/{num_steps}, CAG {cag}"
+    return [", ".join(map(str, d["track_layers"])), f"{step} of {num_steps}",
+            ", ".join(map(str, d["cag_layers"])) if d["cag_layers"] else "-", d["tracker"]]

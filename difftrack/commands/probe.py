@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 
 import difftrack
-from difftrack.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_TWIN
+from difftrack.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_TWIN, check_known_layers
 from difftrack.errors import UserError
 from difftrack.drawing import draw_labels_and_points, readable_scale
 from difftrack.io import atomic_directory, atomic_path, read_keypoints, read_label_map, read_video, write_json
 from difftrack.io import write_video
 from difftrack.noising import NOISE_MODES, check_noising
 from difftrack.options import add_device_arguments, backbone_options, check_output_dir, check_output_file, integer
-from difftrack.options import number, output_dir, output_file, output_prefix, positive, seed
+from difftrack.options import number, output_dir, output_file, output_prefix, positive, prefix_for, seed
 
 DEFAULT_STEP = 40
 DEFAULT_SWEEP_STEPS = (10, 25, 40)
@@ -50,7 +50,8 @@ def add_arguments(p):
 
     f = sub.add_parser("features", help="activations of blocks at a noise step -> .npz with grid geometry")
     _model_args(f, multi_block=True)
-    f.add_argument("--video", required=True, help="input video (anything OpenCV reads)")
+    f.add_argument("--video", required=True, help="input video (anything OpenCV reads, or a folder of frames)")
+    _allow_short_arg(f)
     f.add_argument("--kinds", nargs="+", default=["block"], metavar="KIND",
                    help="query, key, feature (attention output before to_out), block (block output); default block")
     f.add_argument("--out", type=output_file(".npz"), help="output .npz (default: next to the video, <stem>_features.npz)")
@@ -61,12 +62,14 @@ def add_arguments(p):
     _kind_arg(g)
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="input video; give --masks and/or --keypoints for its frame 0")
+    _allow_short_arg(g)
     src.add_argument("--synthetic", type=positive, metavar="N", help="score on N held-out generator videos instead")
     g.add_argument("--masks", help="frame-0 instance ids: label PNG, .npy or .npz (H, W), 0 = background")
     g.add_argument("--keypoints", help="frame-0 keypoints JSON: [[x, y], ...] or [{\"x\": .., \"y\": ..}, ...]")
     _propagation_args(g)
-    g.add_argument("--out", type=output_prefix, help="output prefix (default: next to the video <stem>_propagated, or "
-                                 "propagation_<model> for --synthetic)")
+    g.add_argument("--out", type=output_prefix, help="output prefix, or an existing directory to write "
+                                                     "<stem>_propagated.* into (default: next to the video "
+                                                     "<stem>_propagated, or propagation_<model> for --synthetic)")
     g.set_defaults(_probe=run_propagate)
 
     c = sub.add_parser("compare", help="image versus video on every task at one block and noise step")
@@ -77,7 +80,7 @@ def add_arguments(p):
     c.add_argument("--from-sweep", metavar="DIR",
                    help="take both models' records at --block / --noise-step from a sweep's sweep.json instead of "
                         "recomputing them (the setting flags are then read from the sweep)")
-    _study_args(c)
+    _study_args(c, default_out="runs/probe-compare")
     c.set_defaults(_probe=run_compare)
 
     s = sub.add_parser("sweep", help="block x noise-level tables and plots of every task")
@@ -99,6 +102,7 @@ def add_arguments(p):
     _kind_arg(q)
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", help="input video")
+    _allow_short_arg(q)
     src.add_argument("--control", action="store_true", help="the camera-pans-over-a-uniform-brick-wall control clip")
     src.add_argument("--synthetic", type=seed, metavar="SEED", help="generator clip SEED")
     q.add_argument("--frames", type=integer(min=2), default=8, help="frames of generator clips (default 8)")
@@ -123,6 +127,11 @@ def _model_args(p, multi_block: bool = False):
     p.add_argument("--window", type=integer(min=2), default=None, help="frames per forward of a video model (default: its own)")
 
 
+def _allow_short_arg(p):
+    p.add_argument("--allow-short-video", action="store_true",
+                   help="use the frames a damaged or cut-short video file decodes (default: refuse it)")
+
+
 def _kind_arg(p):
     p.add_argument("--kind", default="block", choices=["query", "key", "feature", "block"],
                    help="activation used (default block output)")
@@ -138,7 +147,7 @@ def _propagation_args(p):
                    help="previous frames used besides frame 0 (default 3: the seeds' 28 / 14 scaled to 8 frames)")
 
 
-def _study_args(p):
+def _study_args(p, default_out: str | None = None):
     from difftrack.probe.tasks import TASKS
 
     add_device_arguments(p)
@@ -154,7 +163,8 @@ def _study_args(p):
     p.add_argument("--train-seed-start", type=seed, default=0, help="first training video seed (default 0)")
     p.add_argument("--frames", type=integer(min=2), default=8, help="frames per generator video (default 8)")
     _propagation_args(p)
-    p.add_argument("--out", required=True, type=output_dir, help="output directory")
+    p.add_argument("--out", required=default_out is None, default=default_out, type=output_dir,
+                   help="output directory" + (f" (default {default_out})" if default_out else ""))
 
 
 def run(args):
@@ -165,6 +175,12 @@ def run(args):
 
 def _load(model, args):
     return difftrack.create_backbone(model, **backbone_options(args))
+
+
+def _check_blocks(models, blocks) -> None:
+    """Block indices against each model's layer count where it is known without loading the model."""
+    for model in models:
+        check_known_layers(model, [b for b in blocks if b is not None])
 
 
 def _block(backbone, block):
@@ -220,7 +236,8 @@ def _seed_range(seeds):
 def run_features(args):
     from difftrack.probe.features import FeatureSpec, check_spec, extract_features
 
-    video, _ = read_video(args.video)
+    _check_blocks([args.model], args.block)
+    video, _ = read_video(args.video, allow_short=args.allow_short_video)
     out = Path(args.out) if args.out else check_output_file(
         Path(args.video).with_name(Path(args.video).stem + "_features.npz"))
     backbone = _load(args.model, args)
@@ -249,20 +266,20 @@ def run_propagate(args):
         propagate_mask,
     )
 
+    _check_blocks([args.model], [args.block])
     mask_cfg, kp_cfg = _configs(args)
     if args.synthetic is not None:
         return _propagate_synthetic(args, mask_cfg, kp_cfg)
     if not args.masks and not args.keypoints:
         raise UserError("give --masks and/or --keypoints for frame 0 of --video")
-    video, fps = read_video(args.video)
+    video, fps = read_video(args.video, allow_short=args.allow_short_video)
     size = video.shape[1:3]
     label_map = check_label_map(read_label_map(args.masks), size) if args.masks else None
     points = check_keypoints(read_keypoints(args.keypoints), size) if args.keypoints else None
     for cfg, used in ((mask_cfg, label_map is not None), (kp_cfg, points is not None)):
         if used:
             check_config(cfg, len(video))
-    out = Path(args.out) if args.out else check_output_file(
-        Path(args.video).with_name(Path(args.video).stem + "_propagated"), prefix=True)
+    out = prefix_for(args.out, args.video, "_propagated")
     backbone = _load(args.model, args)
     block = _block(backbone, args.block)
     spec = FeatureSpec(blocks=(block,), kinds=(args.kind,), step=args.noise_step, num_steps=args.num_steps,
@@ -320,6 +337,7 @@ def run_compare(args):
 
     if args.from_sweep:
         return _compare_from_sweep(args)
+    _check_blocks([args.video_model, args.image_model], [args.block])
     _check_study(args)
     options = _options(args)
     video_bb, image_bb = _load(args.video_model, args), _load(args.image_model, args)
@@ -353,6 +371,7 @@ def run_sweep(args):
     from difftrack.probe.sweeps import write_sweep
     from difftrack.probe.tasks import evaluate_grid, evaluate_references
 
+    _check_blocks(args.models, args.blocks or [])
     _check_study(args)
     options = _options(args)
     backbones = [_load(m, args) for m in args.models]
@@ -381,12 +400,13 @@ def run_pictures(args):
     from difftrack.data.synthetic import generate_clip
     from difftrack.probe.pictures import write_pictures
 
+    _check_blocks(args.models, [args.block])
     check_noising(args.noise, [args.noise_step], args.num_steps)
     if not 2 <= args.clusters <= 20:
         raise UserError(f"--clusters must be between 2 and 20, got {args.clusters}")
     clip = None
     if args.video:
-        video, fps = read_video(args.video)
+        video, fps = read_video(args.video, allow_short=args.allow_short_video)
         name = Path(args.video).stem
     else:
         if args.frames < 2:

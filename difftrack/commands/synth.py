@@ -13,13 +13,14 @@ examples:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from difftrack.errors import UserError
 from difftrack.io import atomic_path, write_video
-from difftrack.options import integer, number, output_file, positive, seed
+from difftrack.options import RESULT_BYTES_PER_FRAME, check_query_memory, integer, number, output_file, positive, seed
 
 PHOTO_SEARCH = 2000  # seeds tried after --seed to find an all-photograph clip
 
@@ -32,7 +33,7 @@ def add_arguments(p):
     p.add_argument("--grid", type=positive, default=10, help="ground truth for an N x N grid of frame-0 points")
     p.add_argument("--photo", action="store_true",
                    help="use the first scene from --seed on with two or more photograph sprites that stay in view, "
-                        "over a photograph wall")
+                        "over a photograph wall (the ground truth's meta records that scene's seed as scene_seed)")
     p.add_argument("--speed", type=number(min=0, min_inclusive=False), default=None,
                    help="scale of all motion (default: drawn per scene from 0.6-1.8, like a random frame stride)")
     p.add_argument("--control", action="store_true", help="sprite-free camera pan over a uniform brick wall")
@@ -56,8 +57,11 @@ def run(args):
     from difftrack.data.synthetic import generate_clip
 
     out = Path(args.out)
-    seed = photo_seed(args.seed, args.frames, args.speed) if args.photo else args.seed
-    clip = generate_clip(seed, num_frames=args.frames, height=args.size, width=args.size, speed=args.speed,
+    check_query_memory(args.grid ** 2, args.frames * RESULT_BYTES_PER_FRAME, f"--grid {args.grid}",
+                       lambda largest: f"use --grid {math.isqrt(largest)} or less")
+    # --photo renders the first photograph scene from --seed on; the seed reported stays the one given
+    scene = photo_seed(args.seed, args.frames, args.speed) if args.photo else args.seed
+    clip = generate_clip(scene, num_frames=args.frames, height=args.size, width=args.size, speed=args.speed,
                          control=args.control)
     queries = grid_queries(args.grid, 0, args.size, args.size)
     tracks, visible = clip.track(queries)
@@ -67,6 +71,7 @@ def run(args):
                  queries=queries)
         json_tmp.write_text(json.dumps({"tracks": tracks.transpose(1, 0, 2).tolist(), "visibility": visible.T.tolist(),
                                         "queries": queries.tolist(),
-                                        "meta": {"seed": seed, "caption": clip.caption, "generator": "difftrack.synth"}}))
+                                        "meta": {"seed": args.seed, "scene_seed": scene, "caption": clip.caption,
+                                                 "generator": "difftrack.synth"}}))
         write_video(out, clip.video, args.fps)
-    print(f"seed {seed}: \"{clip.caption}\" -> {out}, {gt.with_suffix('.npz')}")
+    print(f"seed {args.seed}: \"{clip.caption}\" -> {out}, {gt.with_suffix('.npz')}")

@@ -215,6 +215,16 @@ def to_protocol(sample: TapVidVideo, size: int = PROTOCOL_SIZE) -> tuple[np.ndar
     return frames, (sample.points * np.float32(size)).astype(np.float32)
 
 
+# tapnet's two query modes, and the DiffTrack release's: only the tracks visible on frame 0, queried there
+# (scored as 'first', frames after the query).
+PROTOCOLS = QUERY_MODES + ("release",)
+
+
+def metric_mode(protocol: str) -> str:
+    """The query mode tapnet's metrics score a protocol's queries with."""
+    return "first" if protocol == "release" else protocol
+
+
 def sample_queries(points: np.ndarray, occluded: np.ndarray, mode: str,
                    stride: int = QUERY_STRIDE) -> TapVidQueries:
     """Query points and their ground truth for one video.
@@ -222,13 +232,17 @@ def sample_queries(points: np.ndarray, occluded: np.ndarray, mode: str,
     ``points`` (N, T, 2) raster (x, y), ``occluded`` (N, T). 'first': each track queried at its first
     visible frame, never-visible tracks dropped, in track order. 'strided': at frames 0, stride,
     2 * stride, ... every track visible there becomes a query, ordered by frame then track (tapnet's order).
+    'release': the tracks visible on frame 0, queried there, in track order.
     """
-    if mode not in QUERY_MODES:
-        raise UserError(f"unknown query mode {mode!r}; choose one of {', '.join(QUERY_MODES)}")
+    if mode not in PROTOCOLS:
+        raise UserError(f"unknown query mode {mode!r}; choose one of {', '.join(PROTOCOLS)}")
     points = np.asarray(points, dtype=np.float32)
     occluded = np.asarray(occluded, dtype=bool)
     visible = ~occluded
-    if mode == "first":
+    if mode == "release":
+        tracks = np.flatnonzero(visible[:, 0])
+        frames = np.zeros(len(tracks), np.int64)
+    elif mode == "first":
         tracks = np.flatnonzero(visible.any(axis=1))
         frames = visible[tracks].argmax(axis=1)
     else:

@@ -1,7 +1,8 @@
 """Image versus video: the same tasks, block and noise level on a video model and its image twin.
 
-Outputs in the compare directory: ``compare.md`` (the table, the difference row and where video
-training helps most and least), ``compare.csv`` and ``compare.json`` (every record and the setting).
+Outputs in the compare directory: ``compare.md`` (the table, the difference row, where video
+training helps and where it hurts, and where a model-free reference beats both models), ``compare.csv``
+and ``compare.json`` (every record and the setting).
 """
 
 from __future__ import annotations
@@ -37,12 +38,33 @@ def compare_markdown(video: dict, image: dict, references: list[dict], tasks, se
              "|---|" + "---|" * len(columns)]
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join(format_number(r.get(key, math.nan)) for key, _ in columns) + " |")
-    gains = [(diff[key], title) for key, title in columns if not math.isnan(diff[key])]
-    if gains:
-        gains.sort()
-        lines += ["", f"Video training helps most on {gains[-1][1]} ({gains[-1][0]:+.3f}) and least on "
-                      f"{gains[0][1]} ({gains[0][0]:+.3f}); per-column differences are video minus image."]
+    summary = _summary(video, image, diff, references, columns)
+    if summary:
+        lines += ["", " ".join(summary)]
     return "\n".join(lines) + "\n"
+
+
+def _summary(video: dict, image: dict, diff: dict, references: list[dict], columns) -> list[str]:
+    """Sentences on where video training helps (video minus image > 0), where it hurts, and where a reference
+    that needs no model (zero motion, pixels) beats both models; every column is higher-is-better."""
+    gains = sorted(((diff[key], title) for key, title in columns if not math.isnan(diff[key])), reverse=True)
+    helps = [f"{title} ({d:+.3f})" for d, title in gains if d > 0]
+    hurts = [f"{title} ({d:+.3f})" for d, title in reversed(gains) if d < 0]
+    out = []
+    if helps:
+        out.append(f"Video training helps on {', '.join(helps)}.")
+    if hurts:
+        out.append(f"It hurts on {', '.join(hurts)}: the image twin does better there.")
+    if gains:
+        out.append("Differences are video minus image, the largest in size first.")
+    for reference in references:
+        beaten = [f"{title} ({reference[key]:.3f} against {video[key]:.3f} and {image[key]:.3f})"
+                  for key, title in columns
+                  if all(math.isfinite(r.get(key, math.nan)) for r in (reference, video, image))
+                  and reference[key] > max(video[key], image[key])]
+        if beaten:
+            out.append(f"{reference['model'].capitalize()} beats both models on {', '.join(beaten)}.")
+    return out
 
 
 def write_compare(out_dir: Path, video: dict, image: dict, references: list[dict], tasks, setting: dict) -> str:
