@@ -27,6 +27,7 @@ from difftrack.data.synthetic import generate_clip
 from difftrack.evaluation import temporal_metrics
 from difftrack.guidance import GuidanceConfig
 from difftrack.io import atomic_path, write_json, write_video
+from difftrack.options import add_device_arguments
 from difftrack.sampling import sample
 
 MODES = ("none", "cfg", "cag")
@@ -41,6 +42,7 @@ PROMPT_SEED_OFFSET = 10_000
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-video")
+    add_device_arguments(p)
     p.add_argument("--seeds", type=int, default=16, help="number of seeds (0 .. N-1)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg-scale", type=float, default=6.0)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: --side-by-side-seed must be one of the seeds 0..{args.seeds - 1}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    backbone = difftrack.create_backbone(args.model)
+    backbone = difftrack.create_backbone(args.model, device=args.device, dtype=args.dtype)
     layers = backbone.check_layers(args.cag_layers) if args.cag_layers else backbone.default_cag_layers()
     configs = {"none": GuidanceConfig("none"), "cfg": GuidanceConfig("cfg", args.cfg_scale),
                "cag": GuidanceConfig("cag", args.cfg_scale, args.cag_scale, tuple(layers))}

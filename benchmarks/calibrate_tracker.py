@@ -23,10 +23,11 @@ CALIBRATION_SEED_OFFSET = 500_000  # training uses >= 1,000,000; the held-out TA
 
 
 def main(argv=None):
-    from difftrack.options import integer, output_file, positive, seed
+    from difftrack.options import add_device_arguments, integer, output_file, positive, seed
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-video")
+    add_device_arguments(p)
     p.add_argument("--num-videos", type=positive, default=8)
     p.add_argument("--seed-offset", type=seed, default=CALIBRATION_SEED_OFFSET)
     p.add_argument("--frames", type=integer(min=2), default=24)
@@ -42,7 +43,8 @@ def main(argv=None):
     from difftrack.backbones.settings import calibration_path
     from difftrack.tracker import DiffTracker
 
-    tracker = DiffTracker(args.model, cycle_threshold=float("inf"), peak_threshold=0.0)
+    tracker = DiffTracker(args.model, cycle_threshold=float("inf"), peak_threshold=0.0, device=args.device,
+                          dtype=args.dtype)
     records = []
     for seed in tqdm(range(args.seed_offset, args.seed_offset + args.num_videos), desc="calibration videos"):
         clip = generate_clip(seed, num_frames=args.frames, height=args.size, width=args.size)

@@ -128,8 +128,9 @@ def load_clips(path: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: str, clips: dict, backend: str, progress: bool = True, noise_levels=NOISE_LEVELS) -> dict:
-    bb = create_backbone(model)
+def evaluate(model: str, clips: dict, backend: str, progress: bool = True, noise_levels=NOISE_LEVELS, device=None,
+             dtype=None) -> dict:
+    bb = create_backbone(model, device=device, dtype=dtype)
     size = bb.native_size
     patch = bb.patch_size
     grid = (size[0] // patch, size[1] // patch)
@@ -216,10 +217,11 @@ def markdown(results: list[dict], seeds: list[int], command: str) -> str:
 
 
 def main(argv=None) -> int:
-    from difftrack.options import output_dir, output_file, positive, seed
+    from difftrack.options import add_device_arguments, output_dir, output_file, positive, seed
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["tiny-video", "tiny-image"])
+    add_device_arguments(p)
     p.add_argument("--clips-file", default=str(FROZEN_CLIPS), help="frozen clips (default: the acceptance set)")
     p.add_argument("--generate", action="store_true",
                    help="draw --clips clips of the current generator from --seed-start instead of the frozen file")
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    results = [evaluate(m, clips, args.backend) for m in args.models]
+    results = [evaluate(m, clips, args.backend, device=args.device, dtype=args.dtype) for m in args.models]
     command = "python benchmarks/embedded_eval.py " + " ".join(argv if argv is not None else sys.argv[1:])
     summary = {"command": command, "seeds": seeds, "clips": "generated" if args.generate else str(args.clips_file),
                "noise_levels": list(NOISE_LEVELS), "frames": int(clips["video"].shape[1]),

@@ -44,7 +44,7 @@ from difftrack.data.tapvid import DATASETS, TapVidReader, to_protocol  # noqa: E
 from difftrack.errors import UserError  # noqa: E402
 from difftrack.io import atomic_path, write_json  # noqa: E402
 from difftrack.metrics import QUERY_MODES, average_over_videos  # noqa: E402
-from difftrack.options import number, output_dir, positive  # noqa: E402
+from difftrack.options import add_device_arguments, number, output_dir, positive  # noqa: E402
 from difftrack.decoding import MotionModel  # noqa: E402
 
 
@@ -95,6 +95,7 @@ def parse_args(argv):
     p.add_argument("--dataset", default="davis", choices=DATASETS)
     p.add_argument("--mode", default="first", choices=QUERY_MODES)
     p.add_argument("--model", default="tiny-video")
+    add_device_arguments(p)
     p.add_argument("--draws", type=positive, default=4, help="noise draws of the ensemble rows (default 4)")
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="tracker options for every row")
     p.add_argument("--rows", nargs="+", default=None, choices=list(rows([], 1)), metavar="ROW",
@@ -113,7 +114,7 @@ def run(args) -> None:
     from difftrack.tracker import DiffTracker
 
     reader = TapVidReader(args.dataset, args.root)
-    backbone = create_backbone(args.model)
+    backbone = create_backbone(args.model, device=args.device, dtype=args.dtype)
     extra = parse_set(args.set)
     try:
         recommended = backbone.recommendation()[0]

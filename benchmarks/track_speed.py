@@ -38,10 +38,11 @@ def spread_queries(num_frames: int, setting: str, points: int, size: int, seed: 
 
 
 def main(argv=None):
-    from difftrack.options import integer, output_file, positive, seed
+    from difftrack.options import add_device_arguments, integer, output_file, positive, seed
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-video")
+    add_device_arguments(p)
     p.add_argument("--lengths", nargs="+", type=integer(min=2), default=[12, 24, 48, 96])
     p.add_argument("--size", type=integer(min=16), default=256)
     p.add_argument("--points", type=positive, default=100)
@@ -58,7 +59,7 @@ def main(argv=None):
     from difftrack.io import atomic_path, write_json
     from difftrack.tracker import DiffTracker, frame_windows
 
-    tracker = DiffTracker(args.model)
+    tracker = DiffTracker(args.model, device=args.device, dtype=args.dtype)
     bb, cfg = tracker.backbone, tracker.config
     clip = generate_clip(args.seed, num_frames=max(args.lengths), height=args.size, width=args.size)
     tracker(clip.video[:2], spread_queries(2, "1", 4, args.size, 0))  # warm-up: thread pools, lazy imports

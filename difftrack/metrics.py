@@ -1,4 +1,4 @@
-"""TAP-Vid metrics, exactly as method.md section 6 defines them (tapnet's names and definitions).
+"""TAP-Vid metrics, exactly as docs/method.md section 6 defines them (tapnet's names and definitions).
 
 All coordinates are raster pixels at the evaluation resolution. One call scores one video: every
 query's scored frames are pooled, then ``average_over_videos`` takes the mean over videos.

@@ -1,6 +1,6 @@
 """Bring clean latents of a real video to denoising step i: add noise, keep them clean, or invert.
 
-The three modes of method.md section 4. Step i indexes the sampler's schedule of ``num_steps``
+The three modes of docs/method.md section 4. Step i indexes the sampler's schedule of ``num_steps``
 steps (step 0 is the noisiest, the last step the cleanest), so "step 49 of 50" means the same here
 as in the paper.
 """

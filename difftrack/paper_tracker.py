@@ -32,14 +32,15 @@ steps: queries on many different frames multiply the work (TAP-Vid's 'first' pro
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from difftrack.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from difftrack.backbones import DEFAULT_BACKBONE, Backbone, as_backbone
+from difftrack.backbones.settings import configured, fill_occlusion_thresholds
 from difftrack.capture import DescriptorCapture
 from difftrack.errors import UserError
 from difftrack.io import check_points
@@ -150,12 +151,8 @@ class PaperTracker:
 
     def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: PaperTrackerConfig | None = None,
                  device=None, dtype=None, **overrides):
-        self.backbone = model if isinstance(model, Backbone) else create_backbone(model, device=device, dtype=dtype)
-        unknown = sorted(set(overrides) - {f.name for f in fields(PaperTrackerConfig)})
-        if unknown:
-            raise TypeError(f"unknown paper tracker option {', '.join(unknown)}")
-        cfg = replace(config or PaperTrackerConfig(), **overrides)  # the caller's config stays as it was
-        bb = self.backbone
+        self.backbone = bb = as_backbone(model, device, dtype)
+        cfg = configured(PaperTrackerConfig, config, overrides, "paper tracker")
         cfg.layers = bb.check_layers(cfg.layers if cfg.layers is not None else bb.track_layers())
         step, num_steps = bb.default_track_step
         cfg.num_steps = num_steps if cfg.num_steps is None else cfg.num_steps
@@ -167,11 +164,7 @@ class PaperTracker:
         cfg.chunk = chunk if cfg.chunk is None else cfg.chunk
         if cfg.chunk < 2:
             raise UserError(f"a chunk must hold the anchor and at least one more frame, got {cfg.chunk}")
-        for k, threshold in bb.occlusion_thresholds().items():
-            if getattr(cfg, k) is None:
-                setattr(cfg, k, threshold)
-            elif not getattr(cfg, k) >= 0:
-                raise UserError(f"{k} must be a number >= 0, got {getattr(cfg, k)}")
+        fill_occlusion_thresholds(cfg, bb.occlusion_thresholds())
         self.config = cfg
         self.forwards = 0
         self._conditioning = None

@@ -25,13 +25,14 @@ window occluded starts the next one occluded, matched with its descriptor from t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from difftrack.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from difftrack.backbones import DEFAULT_BACKBONE, Backbone, as_backbone
+from difftrack.backbones.settings import configured, fill_occlusion_thresholds
 from difftrack.capture import DescriptorCapture, sample_descriptors
 from difftrack.decoding import MotionModel, outside_frame, viterbi_decode
 from difftrack.errors import UserError
@@ -125,21 +126,13 @@ class DiffTracker:
 
     def __init__(self, model: str | Backbone = DEFAULT_BACKBONE, config: TrackerConfig | None = None,
                  device=None, dtype=None, **overrides):
-        self.backbone = model if isinstance(model, Backbone) else create_backbone(model, device=device, dtype=dtype)
-        unknown = sorted(set(overrides) - {f.name for f in fields(TrackerConfig)})
-        if unknown:
-            raise TypeError(f"unknown tracker option {', '.join(unknown)}")
-        cfg = replace(config or TrackerConfig(), **overrides)  # the caller's config stays as it was
-        bb = self.backbone
+        self.backbone = bb = as_backbone(model, device, dtype)
+        cfg = configured(TrackerConfig, config, overrides, "tracker")
         calibrated_settings = bb.tracker_settings()
         for k, uncalibrated in UNCALIBRATED_SETTINGS.items():
             if getattr(cfg, k) is None:
                 setattr(cfg, k, calibrated_settings.get(k, uncalibrated))
-        for k, calibrated in bb.occlusion_thresholds().items():
-            if getattr(cfg, k) is None:  # only what the caller left open is calibrated
-                setattr(cfg, k, calibrated)
-            elif not getattr(cfg, k) >= 0:
-                raise UserError(f"{k} must be a number >= 0, got {getattr(cfg, k)}")
+        fill_occlusion_thresholds(cfg, bb.occlusion_thresholds())  # only what the caller left open is calibrated
         if cfg.window is not None and cfg.window < 2:
             raise UserError(f"the tracking window must hold at least 2 frames, got {cfg.window}")
         cfg.layers = bb.check_layers(cfg.layers if cfg.layers is not None else bb.track_layers())
@@ -544,7 +537,7 @@ def create_tracker(tracker: str | None = None, model: str | Backbone = DEFAULT_B
     default (difftrack's tracker where it is calibrated for the model, the paper's otherwise)."""
     from difftrack.paper_tracker import PaperTracker
 
-    backbone = model if isinstance(model, Backbone) else create_backbone(model, device=device, dtype=dtype)
+    backbone = as_backbone(model, device, dtype)
     tracker = tracker or backbone.default_tracker
     if tracker not in TRACKERS:
         raise UserError(f"unknown tracker {tracker!r}; choose one of {', '.join(TRACKERS)}")

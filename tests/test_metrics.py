@@ -90,7 +90,7 @@ def test_points_are_pooled_over_queries_of_a_video_not_averaged_per_query():
 
 
 def _naive_metrics(query_points, gt_occluded, gt_tracks, pred_occluded, pred_tracks, mode):
-    """The method.md definitions, one point at a time."""
+    """The docs/method.md definitions, one point at a time."""
     counts = {"scored": 0, "occ_right": 0, "visible": 0}
     per_d = {d: {"within": 0, "tp": 0, "fp": 0} for d in THRESHOLDS}
     for q in range(len(query_points)):

@@ -72,6 +72,8 @@ def skip_reason(command: str) -> str | None:
         return "needs a GPU"
     if any(flag in words for flag in ("--tapvid", "--root")):
         return "needs a downloaded TAP-Vid dataset"
+    if "--release-dataset" in words:
+        return "needs the DiffTrack release's dataset, downloaded"
     present = {e.name: e.weights_present() for e in list_backbones()}
     for flag in ("--model", "--video-model", "--image-model"):
         if flag in words:

@@ -162,3 +162,16 @@ def test_strided_mode_queries_every_fifth_frame_where_the_track_is_visible():
     assert q.track_index.tolist() == [0, 2, 0, 2]
     for (t, x, y), n in zip(q.query_points, q.track_index):
         assert (x, y) == tuple(points[n, int(t)])
+
+
+def test_release_protocol_queries_only_the_tracks_visible_on_frame_0_there_and_scores_as_first():
+    from difftrack.data.tapvid import metric_mode
+
+    points = np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2)
+    occluded = np.array([[False, False, True, False], [True, False, False, False], [False, True, True, True]])
+    queries = sample_queries(points, occluded, "release")
+    assert queries.track_index.tolist() == [0, 2]  # track 1 appears only after frame 0: dropped
+    assert queries.query_points.tolist() == [[0, *points[0, 0]], [0, *points[2, 0]]]
+    assert metric_mode("release") == "first" and metric_mode("strided") == "strided"
+    with pytest.raises(UserError, match="unknown query mode"):
+        sample_queries(points, occluded, "third")

@@ -108,8 +108,8 @@ def test_track_cli_writes_documented_outputs(tmp_path, pipeline_dir):
     pts = tmp_path / "pts.json"
     pts.write_text(json.dumps([{"t": 0, "x": 4.0, "y": 5.0}, [2, 30.0, 20.0]]))
     out = tmp_path / "res"
-    code = main(["track", str(video), "--points", str(pts), "--model", str(pipeline_dir), "--num-steps", "10",
-                 "--steps", "9", "--out", str(out)])
+    code = main(["track", str(video), "--points", str(pts), "--model", str(pipeline_dir), "--tracker", "difftrack",
+                 "--num-steps", "10", "--steps", "9", "--noise", "add", "--out", str(out)])
     assert code == 0
     data = np.load(out.with_suffix(".npz"))
     assert data["tracks"].shape == (6, 2, 2) and data["tracks"].dtype == np.float32
@@ -130,8 +130,8 @@ def test_track_cli_scores_against_ground_truth_next_to_the_baselines(tmp_path, p
     gt = tmp_path / "clip_gt.npz"
     np.savez(gt, tracks=truth.transpose(1, 0, 2), visibility=visible.T, queries=queries)
     out = tmp_path / "res"
-    assert main(["track", str(video), "--gt", str(gt), "--model", str(pipeline_dir), "--num-steps", "10", "--steps",
-                 "9", "--no-video", "--out", str(out)]) == 0
+    assert main(["track", str(video), "--gt", str(gt), "--model", str(pipeline_dir), "--tracker", "difftrack",
+                 "--num-steps", "10", "--steps", "9", "--no-video", "--out", str(out)]) == 0
     saved = np.load(out.with_suffix(".npz"))
     assert np.allclose(saved["queries"], queries)
     scores = json.loads(out.with_suffix(".json").read_text())["scores"]
@@ -145,6 +145,8 @@ def test_track_cli_scores_against_ground_truth_next_to_the_baselines(tmp_path, p
     tracks = saved["tracks"].transpose(1, 0, 2)
     mine = np.linalg.norm((tracks - truth) * scale, axis=-1)
     assert scores["difftrack"]["pts_within_16"] == pytest.approx((mine < 16)[scored & visible].mean())
+    error = np.linalg.norm(tracks - truth, axis=-1)  # the video's own pixels, every truth-visible point per frame
+    assert scores["difftrack"]["median_error_px"] == pytest.approx([np.median(error[visible[:, t], t]) for t in range(6)])
     printed = capsys.readouterr().out
     assert "zero_motion" in printed and "lucas_kanade" in printed
 

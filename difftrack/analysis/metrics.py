@@ -10,7 +10,7 @@ Two stages, so that nothing dense outlives one captured layer:
 2. :func:`score_reduction` compares a reduction with ground-truth tracks of the same query points
    (frame-0 points, in input pixels) once the tracks are known.
 
-Scoring rules (method.md section 3):
+Scoring rules (docs/method.md section 3):
 
 - accuracy = PCK of the refined correspondence (sub-token soft-argmax around the peak) over
   ground-truth-visible (point, frame) pairs of every latent frame except the query frame; latent

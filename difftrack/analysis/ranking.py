@@ -4,7 +4,7 @@ Every metric is a (layers x steps) table per video. Aggregation takes, cell by c
 standard deviation and count over the videos where the metric is defined (NaN-aware: a video with
 no moved visible point says nothing about moved-point accuracy).
 
-Ranking (method.md section 3): accuracy, cross-frame confidence and cross-frame attention, each
+Ranking (docs/method.md section 3): accuracy, cross-frame confidence and cross-frame attention, each
 min-max normalised over the whole (layer x step) table of means, combined by their harmonic mean
 cell by cell. All three tables are indexed by the same (layer, step), so accuracy at step t is
 paired with the scores at step t (the authors' release pairs accuracy at t + 1 with scores at t).

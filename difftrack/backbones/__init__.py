@@ -190,6 +190,11 @@ def check_known_layers(name_or_path: str, layers) -> None:
         check_index_range("layer", layers, count)
 
 
+def as_backbone(model: str | Backbone, device=None, dtype=None) -> Backbone:
+    """``model`` itself when it is a backbone already, else :func:`create_backbone` of it on device in dtype."""
+    return model if isinstance(model, Backbone) else create_backbone(model, device=device, dtype=dtype)
+
+
 def _loader_for(cls_name: str, name: str, directory: str):
     for claims, loader in _PIPELINE_LOADERS.get(cls_name, ()):
         if claims is None or claims(directory):

@@ -19,7 +19,7 @@ from difftrack.errors import UserError
 
 class CogVideoXBackbone(Backbone):
     family = "cogvideox"
-    # method.md sections 4 and 5: tracking block 17 at the last of 50 steps; CAG blocks of the authors' runs.
+    # docs/method.md sections 4 and 5: tracking block 17 at the last of 50 steps; CAG blocks of the authors' runs.
     method_defaults = {(30, 30): {"track_layers": (17,), "track_step": (49, 50), "cag_layers": (13, 17, 21)},  # 2B
                        (42, 48): {"track_layers": (17,), "track_step": (49, 50), "cag_layers": (15, 17, 18)}}  # 5B
     text_position = "first"

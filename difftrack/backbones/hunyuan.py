@@ -27,7 +27,7 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     pipeline_default_size = (129, 720, 1280)  # HunyuanVideoPipeline's defaults
     trained_latent_frames = 33  # the stock pipeline's 129 RGB frames
     text_position = "last"
-    # method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.
+    # docs/method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.
     # The release tracks HunyuanVideo as it tracks CogVideoX: 480x720 frames, 13 frames per forward.
     method_defaults = {(60, 24): {"track_layers": (16,), "track_step": (29, 30), "paper_size": (480, 720),
                                   "paper_chunk": 13}}

@@ -33,6 +33,27 @@ def occlusion_thresholds(model_name: str) -> dict[str, float]:
     return {k: float("inf") if v is None else float(v) for k, v in values.items()}
 
 
+def configured(config_class, config, overrides: dict, what: str):
+    """A copy of ``config`` (or of ``config_class()``) with ``overrides``, refusing unknown names; the caller's
+    config stays as it was."""
+    from dataclasses import fields, replace
+
+    unknown = sorted(set(overrides) - {f.name for f in fields(config_class)})
+    if unknown:
+        raise TypeError(f"unknown {what} option {', '.join(unknown)}")
+    return replace(config or config_class(), **overrides)
+
+
+def fill_occlusion_thresholds(config, thresholds: dict[str, float]) -> None:
+    """Set the ``cycle_threshold`` and ``peak_threshold`` a caller left None to ``thresholds`` (the model's,
+    ``Backbone.occlusion_thresholds``); refuse negative ones given."""
+    for k, threshold in thresholds.items():
+        if getattr(config, k) is None:
+            setattr(config, k, threshold)
+        elif not getattr(config, k) >= 0:
+            raise UserError(f"{k} must be a number >= 0, got {getattr(config, k)}")
+
+
 def read_recommendation(path: str | Path) -> dict:
     """recommendation.json (or the analysis directory holding it): {"layers", "steps", "num_steps", ...}."""
     path = Path(path)

@@ -106,6 +106,10 @@ def add_arguments(p):
                        help="add difftrack's occlusion calls (cycle error and peak); positions do not change")
     paper.add_argument("--chunk", type=integer(min=2), default=None,
                        help="frames per forward, the query frame included (default: the paper's, 13 for CogVideoX)")
+    paper.add_argument("--height", type=positive, default=None,
+                       help="height frames are resized to (default: the paper's size for the model, its trained size)")
+    paper.add_argument("--width", type=positive, default=None,
+                       help="width frames are resized to (default: the paper's size for the model, its trained size)")
     own = p.add_argument_group(
         "difftrack's tracker (--tracker difftrack)",
         "Defaults left open take the model's calibrated settings (the embedded model's) or, for a model difftrack "
@@ -152,7 +156,7 @@ def grid_queries(n: int, frame: int, height: int, width: int) -> np.ndarray:
 # difftrack's own tracker's options (TrackerConfig fields), and the paper tracker's flags
 DIFFTRACK_OPTIONS = ("noise", "window", "temporal", "seed", "noise_draws", "motion_sigma", "background_weight",
                      "presence_weight", "candidates", "refine_window")
-PAPER_FLAGS = ("release_quirks", "vae_sample_seed", "occlusion", "chunk")
+PAPER_FLAGS = ("release_quirks", "vae_sample_seed", "occlusion", "chunk", "height", "width")
 
 
 def check_tracker_options(args, kind: str) -> None:
@@ -232,8 +236,11 @@ def run(args):
     if args.cycle_threshold is not None:
         options["cycle_threshold"] = args.cycle_threshold
     if kind == "paper":
+        if (args.height is None) != (args.width is None):
+            raise UserError("give --height and --width together (or neither, for the paper's size)")
         options.update(release_quirks=args.release_quirks, vae_sample_seed=args.vae_sample_seed,
-                       occlusion=args.occlusion, chunk=args.chunk)
+                       occlusion=args.occlusion, chunk=args.chunk,
+                       size=None if args.height is None else (args.height, args.width))
     else:
         options["bidirectional"] = not args.no_bidirectional
         for name in DIFFTRACK_OPTIONS:
@@ -266,18 +273,28 @@ def run(args):
           f"({num_frames / max(seconds, 1e-9):.2f} frames/s, {meta['forwards']} forwards, {tracker.name} tracker) -> "
           f"{out.with_suffix('.npz')}, {out.with_suffix('.json')}" + ("" if args.no_video else f", {out.with_suffix('.mp4')}"))
     if scores:
-        print(f"against {args.gt} (x100: average Jaccard / delta_avg / occlusion accuracy):")
+        frames = sorted({round(q * (num_frames - 1) / 3) for q in range(4)})
+        print(f"against {args.gt} (x100: average Jaccard / delta_avg / occlusion accuracy; median error in px of the "
+              f"visible points at frames {', '.join(map(str, frames))}):")
         for name, metrics in scores.items():
+            errors = " ".join(format_number(metrics["median_error_px"][f], ".1f") for f in frames)
             print(f"  {name:12s} {format_number(metrics['average_jaccard'], '.1f', scale=100):>5s} / "
                   f"{format_number(metrics['average_pts_within_thresh'], '.1f', scale=100):>5s} / "
-                  f"{format_number(metrics['occlusion_accuracy'], '.1f', scale=100):>5s}")
+                  f"{format_number(metrics['occlusion_accuracy'], '.1f', scale=100):>5s}   {errors}")
 
 
 def score_tracks(queries, gt_tracks, gt_visible, predictions: dict, height: int, width: int) -> dict:
-    """TAP-Vid metrics ('first' queries, at 256x256) of each named (tracks (T, N, 2), visibility (T, N))."""
+    """TAP-Vid metrics ('first' queries, at 256x256) of each named (tracks (T, N, 2), visibility (T, N)), and
+    ``median_error_px``: per frame, the median distance in the video's own pixels from the truth over the points
+    visible there in the truth (None where none is)."""
     scale = np.float32([PROTOCOL_SIZE / width, PROTOCOL_SIZE / height])
     protocol_queries = np.concatenate([queries[:, :1], queries[:, 1:] * scale], axis=1)
-    return {name: compute_tapvid_metrics(protocol_queries, ~gt_visible.T, gt_tracks.transpose(1, 0, 2) * scale,
-                                         ~np.asarray(visible, bool).T, np.asarray(tracks).transpose(1, 0, 2) * scale,
-                                         "first")
-            for name, (tracks, visible) in predictions.items()}
+    scores = {}
+    for name, (tracks, visible) in predictions.items():
+        scores[name] = compute_tapvid_metrics(protocol_queries, ~gt_visible.T, gt_tracks.transpose(1, 0, 2) * scale,
+                                              ~np.asarray(visible, bool).T,
+                                              np.asarray(tracks).transpose(1, 0, 2) * scale, "first")
+        error = np.linalg.norm(np.asarray(tracks) - gt_tracks, axis=-1)
+        scores[name]["median_error_px"] = [float(np.median(e[v])) if v.any() else None
+                                           for e, v in zip(error, gt_visible)]
+    return scores

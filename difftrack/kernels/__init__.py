@@ -1,6 +1,6 @@
 """Fused matching kernel: per-frame correspondences and joint-attention scores without dense cost maps.
 
-See docs/ARCHITECTURE.md ("Kernel interface") and method.md sections 2-3 for the definitions.
+See docs/ARCHITECTURE.md ("Kernel interface") and docs/method.md sections 2-3 for the definitions.
 """
 
 from __future__ import annotations
