@@ -59,15 +59,23 @@ def chunk_sizes(heads: int, points: int, video: int, dim: int, dtype: torch.dtyp
     return head_chunk, query_rows(head_chunk)
 
 
+# Rows of a product are multiplied in whole blocks of this many, padded with copies of the last row.
+ROW_BLOCK = 16
+
+
 def _row_products(rows: torch.Tensor, columns: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """torch.bmm(rows, columns), with a lone row paired with a copy of itself. BLAS libraries (MKL on AVX-512
-    machines, for one) multiply a single row as a matrix-vector product, whose sums round differently from a
-    row of a matrix product; paired, a point matched alone against the video's keys gets the bits it gets
-    among others (tests/test_kernels.py checks the fields the tracker reads)."""
-    if rows.shape[1] != 1:
+    """torch.bmm(rows, columns) over whole blocks of ROW_BLOCK rows. BLAS libraries round a row's sums
+    according to how many rows they multiply at once: MKL on AVX-512 takes a single row as a matrix-vector
+    product, and on AVX2 the rows left over past its tiles go through other kernels. Padded to whole blocks, a
+    point matched alone against the video's keys gets the bits it gets among others (tests/test_kernels.py
+    checks the fields the tracker reads)."""
+    count = rows.shape[1]
+    padding = -count % ROW_BLOCK
+    if not padding:
         return torch.bmm(rows, columns, out=out)
-    doubled = torch.bmm(rows.repeat(1, 2, 1), columns)[:, :1]
-    return doubled if out is None else out.copy_(doubled)
+    padded = torch.cat([rows, rows[:, -1:].expand(-1, padding, -1)], 1)
+    product = torch.bmm(padded, columns)[:, :count]
+    return product if out is None else out.copy_(product)
 
 
 def reverse_cost(all_queries, source_keys, source_index, scale, dtype, memory_budget=DEFAULT_MEMORY_BUDGET,
