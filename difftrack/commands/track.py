@@ -124,12 +124,12 @@ def add_arguments(p):
                    help="expected motion in tokens per frame of the viterbi pass (default 2.0)")
     own.add_argument("--background-weight", type=number(min=0, max=1), default=None,
                    help="weight of the scene's dominant motion (a camera pan, estimated from the costs of all the "
-                        f"frame's tokens) in the viterbi pass's motion prior; 0 turns it off (default "
-                        f"{TrackerConfig.background_weight})")
+                        f"frame's tokens) in the viterbi pass's motion prior; 0 turns it off (default: the model's "
+                        "calibrated value, else 0)")
     own.add_argument("--presence-weight", type=number(min=0), default=None,
                    help="weight of log(presence) on visible states of the viterbi pass: presence is a frame's share "
-                        "of the point's joint attention against the best frame's; 0 turns it off (default "
-                        f"{TrackerConfig.presence_weight})")
+                        "of the point's joint attention against the best frame's; 0 turns it off (default: the model's "
+                        "calibrated value, else 0)")
     own.add_argument("--candidates", type=positive, default=None, help="tokens per frame the viterbi pass picks from "
                                                                       f"(default {TrackerConfig.candidates})")
     own.add_argument("--noise-draws", type=positive, default=None,
