@@ -290,6 +290,25 @@ def load_tracks(path: str | os.PathLike, num_frames: int) -> tuple[np.ndarray, n
     return tracks, visible, queries
 
 
+def check_video_and_queries(video, queries) -> tuple[np.ndarray, np.ndarray]:
+    """A tracker's inputs as arrays, refused in one line unless RGB frames (T, H, W, 3) and at least one query
+    (t, x, y) on an existing frame and inside it. uint8 frames are taken as they are, float frames in [0, 1]
+    scaled to uint8."""
+    video = np.asarray(video)
+    queries = np.asarray(queries, dtype=np.float32).reshape(-1, 3)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise UserError(f"video must be RGB frames (T, H, W, 3), got shape {video.shape}")
+    if np.issubdtype(video.dtype, np.floating) and video.size and 0 <= video.min() and video.max() <= 1:
+        video = (video * 255).round().astype(np.uint8)
+    elif video.dtype != np.uint8:
+        raise UserError(f"video frames must be uint8 in [0, 255] or floats in [0, 1], got {video.dtype} in "
+                        f"[{video.min():g}, {video.max():g}]; convert them, e.g. frames.clip(0, 255).astype(np.uint8)")
+    if len(queries) == 0:
+        raise UserError("no query points given; pass at least one (t, x, y) point or use --grid N")
+    check_points(queries, *video.shape[:3])
+    return video, queries
+
+
 def check_points(queries: np.ndarray, num_frames: int, height: int, width: int) -> None:
     """Query frames must exist and points must lie inside the frame (pixel edges included)."""
     for i, (t, x, y) in enumerate(queries):

@@ -43,7 +43,7 @@ from difftrack.backbones import DEFAULT_BACKBONE, Backbone, as_backbone
 from difftrack.backbones.settings import configured, fill_occlusion_thresholds
 from difftrack.capture import DescriptorCapture
 from difftrack.errors import UserError
-from difftrack.io import check_points
+from difftrack.io import check_video_and_queries
 from difftrack.noising import check_step
 
 
@@ -176,14 +176,8 @@ class PaperTracker:
 
     @torch.no_grad()
     def __call__(self, video: np.ndarray, queries: np.ndarray, progress: bool = False):
-        video = np.asarray(video)
-        queries = np.asarray(queries, dtype=np.float32).reshape(-1, 3)
-        if video.ndim != 4 or video.shape[-1] != 3:
-            raise UserError(f"video must be RGB frames (T, H, W, 3), got shape {video.shape}")
-        if len(queries) == 0:
-            raise UserError("no query points given; pass at least one (t, x, y) point or use --grid N")
+        video, queries = check_video_and_queries(video, queries)
         num_frames, height, width = video.shape[:3]
-        check_points(queries, num_frames, height, width)
         cfg = self.config
         if self._conditioning is None:
             self._conditioning = self.backbone.empty_conditioning()

@@ -36,7 +36,7 @@ from difftrack.backbones.settings import configured, fill_occlusion_thresholds
 from difftrack.capture import DescriptorCapture, sample_descriptors
 from difftrack.decoding import MotionModel, outside_frame, viterbi_decode
 from difftrack.errors import UserError
-from difftrack.io import check_points
+from difftrack.io import check_points, check_video_and_queries
 from difftrack.kernels import match
 from difftrack.kernels.common import window_tokens
 from difftrack.noising import check_noising, prepare_latents
@@ -160,14 +160,8 @@ class DiffTracker:
     # ----- public API ----------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, video: np.ndarray, queries: np.ndarray, progress: bool = False):
-        video = np.asarray(video)
-        queries = np.asarray(queries, dtype=np.float32).reshape(-1, 3)
-        if video.ndim != 4 or video.shape[-1] != 3:
-            raise UserError(f"video must be RGB frames (T, H, W, 3), got shape {video.shape}")
-        if len(queries) == 0:
-            raise UserError("no query points given; pass at least one (t, x, y) point or use --grid N")
+        video, queries = check_video_and_queries(video, queries)
         num_frames, height, width = video.shape[:3]
-        check_points(queries, num_frames, height, width)
         latents, geometry = self._encode(video)
         state = TrackState.start(queries, geometry, num_frames)
         windows = frame_windows(num_frames, self.config.window)

@@ -218,3 +218,15 @@ def test_device_and_dtype_reach_the_backbone_from_every_api_entry():
     assert DiffTrackerOnline("tiny-video", dtype="bfloat16").tracker.backbone.dtype == torch.bfloat16
     with pytest.raises(UserError, match="dtype"):
         PaperTracker("tiny-video", dtype="float8")
+
+
+def test_both_trackers_take_float_frames_in_0_1_and_refuse_other_floats():
+    from difftrack.io import check_video_and_queries
+
+    frames = np.random.default_rng(5).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
+    video, _ = check_video_and_queries(frames / 255.0, [[0, 4.0, 4.0]])
+    np.testing.assert_array_equal(video, frames)
+    with pytest.raises(UserError, match="uint8 in"):
+        check_video_and_queries(frames.astype(np.float32), [[0, 4.0, 4.0]])  # 0..255 floats: ambiguous
+    with pytest.raises(UserError, match="no query points"):
+        check_video_and_queries(frames, np.zeros((0, 3)))
