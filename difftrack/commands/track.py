@@ -11,7 +11,8 @@ layer and step, costs of both directions averaged over chunks, and each point re
 tokens' argmax targets; every point visible unless --occlusion. Two defects of the release are fixed
 (--release-quirks restores them).
 
-difftrack, the default for the embedded model: the video is cut into windows of --window frames (one frame shared between neighbours); one forward
+difftrack, the default for the embedded model: the video is cut into windows of --window frames (one
+frame shared between neighbours); one forward
 per window serves every query in it, so the cost grows with the video length, not with the number of
 query frames. Within a window each frame's best candidate tokens are chained by a Viterbi pass with a
 motion prior and an occluded state (--temporal none: per-frame argmax); the prior mixes free motion with
