@@ -237,21 +237,25 @@ class PaperTracker:
         cfg = self.config
         height, width = frame_size
         size_h, size_w = cfg.size
-        first = self._latents(pixels, latents, generator, order[:1])
-        geometry = self.backbone.geometry(first, 0, frame_size=cfg.size, frame_as_latent=True)
+        bb = self.backbone
+        sc = bb.spatial_compression  # the grid from the latents' shape alone: no encode (nor posterior draw) for it
+        shape = (1, 1, bb.latent_channels, size_h // sc, size_w // sc)
+        geometry = bb.geometry(torch.empty(shape, device="meta"), 0, frame_size=cfg.size, frame_as_latent=True)
         grid = (geometry.grid_h, geometry.grid_w)
         tokens = geometry.tokens_per_frame
         stride = np.array([size_w / grid[1], size_h / grid[0]])
         xy_tokens = points * np.array([size_w / width, size_h / height]) / stride
         read = read_out_points(torch.from_numpy(xy_tokens), grid, cfg.release_quirks)
-        nearest = torch.from_numpy(geometry.nearest_token(xy_tokens * stride))
+        # the occlusion call's backward match starts from the token under each query
+        nearest = torch.from_numpy(geometry.nearest_token(xy_tokens * stride)) if cfg.occlusion else None
+        source = read.tokens if nearest is None else torch.cat([read.tokens, nearest])
 
         sums, counts, back_sums = {}, {}, {}
         for chunk in chunks:
             frames = [order[0]] + [order[p] for p in chunk]
             q, k, head_dim, heads = self._descriptors(self._latents(pixels, latents, generator, frames))
             scale = 1 / math.sqrt(heads if cfg.release_quirks else head_dim)
-            source = torch.cat([read.tokens, nearest]).to(q.device)
+            source = source.to(q.device)
             q_source, k_anchor = q[:, source], k[:, :tokens]
             for j, frame in enumerate(frames[1:], start=1):
                 target = slice(j * tokens, (j + 1) * tokens)
@@ -264,13 +268,12 @@ class PaperTracker:
             bar.update(1)
 
         m = len(read.tokens)
-        corner_weight = read.weight.float()
         positions, visibility = {}, {}
         for frame, total in sums.items():
             cost = total / counts[frame]
             peak, target = cost.max(-1)
             target_xy = torch.stack([target % grid[1], target // grid[1]], -1).double().cpu()  # (col, row)
-            xy = (corner_weight.double()[..., None] * target_xy[:m][read.corner]).sum(1)  # (n, 2) tokens
+            xy = (read.weight[..., None] * target_xy[:m][read.corner]).sum(1)  # (n, 2) tokens
             if not cfg.release_quirks:
                 xy = xy + 0.5  # a token index j stands for its centre
             positions[frame] = (xy.numpy() * stride * np.array([width / size_w, height / size_h])).astype(np.float32)

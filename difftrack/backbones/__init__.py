@@ -41,8 +41,7 @@ class BackboneEntry:
         if self.adapter is None:
             return None
         if path is not None and os.path.isfile(path):
-            with open(path) as fh:
-                defaults = self.adapter.defaults_for(json.load(fh))
+            defaults = self.adapter.defaults_for(read_json_file(path, "a transformer config"))
         elif self.architecture is not None:
             defaults = self.adapter.defaults_for_architecture(*self.architecture)
         else:
