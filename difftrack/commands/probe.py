@@ -141,10 +141,10 @@ def _propagation_args(p):
     p.add_argument("--temperature", type=number(min=0, min_inclusive=False), default=None, help="softmax temperature (default 0.1)")
     p.add_argument("--topk", type=positive, default=None, help="most similar context tokens kept (default 15)")
     p.add_argument("--radius", type=number(min=0, min_inclusive=False), default=None,
-                   help="spatial radius in tokens (default 3 for masks, 2 for keypoints: the seeds' 10 / 5 scaled "
+                   help="spatial radius in tokens (default 3 for masks, 2 for keypoints: the DAVIS / JHMDB protocol's 10 / 5 scaled "
                         "to a 16-token grid)")
     p.add_argument("--context", type=integer(min=0), default=None,
-                   help="previous frames used besides frame 0 (default 3: the seeds' 28 / 14 scaled to 8 frames)")
+                   help="previous frames used besides frame 0 (default 3: the DAVIS / JHMDB protocol's 28 / 14 scaled to 8 frames)")
 
 
 def _study_args(p, default_out: str | None = None):

@@ -1,1 +1,1 @@
-"""The seeds' probing framework: features by block and noise level, label propagation, image vs video, pictures."""
+"""Probing video diffusion features: features by block and noise level, label propagation, image vs video, pictures."""

@@ -2,8 +2,8 @@
 
 PCA and K-means are fitted jointly on the tokens of ALL frames, so a colour means the same thing in
 every frame: if features follow the content, colours move with it; if they encode position only,
-the picture stands still while the video moves (the seeds' "camera pans over a uniform brick wall"
-control).
+the picture stands still while the video moves (the control "a camera pans over a uniform brick
+wall").
 
 ``track_consistency`` puts a number on that: for a grid of points tracked exactly by the
 generator, the fraction of frames in which a point's cluster equals its frame-0 cluster. Features

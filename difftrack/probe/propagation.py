@@ -8,7 +8,7 @@ most similar are kept, their cosine similarities divided by ``temperature`` are 
 token's labels are the weighted mean of theirs. Labels live on the token grid; masks and keypoints
 are read off the bilinearly upsampled label maps.
 
-The seeds' settings are temperature 0.1 and top-k 15, with radius 10 / context 28 frames for DAVIS
+The published protocol's settings are temperature 0.1 and top-k 15, with radius 10 / context 28 frames for DAVIS
 masks and radius 5 / context 14 frames for JHMDB keypoints. Those were set for feature grids of
 about 60 tokens (480p at stride 8) and 40 tokens (320 px at stride 8) on the short side, and for
 videos of about 70 (DAVIS) and 34 (JHMDB) frames. The embedded models have a 16 x 16 grid and

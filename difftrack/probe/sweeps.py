@@ -1,4 +1,4 @@
-"""Block x noise-level sweeps of every probe task (the seeds' ablations): records, tables and heat maps.
+"""Block x noise-level sweeps of every probe task (the ablations feature-probing studies report): records, tables and heat maps.
 
 Outputs in the sweep directory:
 - ``sweep.json``: every record (one per model, block and step) plus the no-model references;
