@@ -2,7 +2,7 @@
 
 No checkpoint can be downloaded on the GPU machine, and weights change neither time nor memory: each
 family's modules are built from its checkpoint's module configs (the ones benchmarks/real_memory.py
-measures under FakeTensorMode, read from that script as data) with random weights, directly on the
+measures under FakeTensorMode, benchmarks/data/checkpoint_configs.json) with random weights, directly on the
 device in the working dtype (parameters diffusers keeps in float32 stay so, as from_pretrained loads
 them), and wrapped in the family's adapter with the tokenizers and scheduler of its tiny configuration.
 
@@ -48,7 +48,6 @@ working dtype, median of --repeats, Triton's argmax agreement with torch.
 from __future__ import annotations
 
 import argparse
-import ast
 import gc
 import json
 import os
@@ -153,18 +152,8 @@ class Case:
 
 
 def checkpoint_configs() -> dict:
-    """real_memory.py's MODELS, evaluated from its source: it is a script, not a module to import, and
-    the checkpoints' configs should stand in one place."""
-    tree = ast.parse((HERE / "real_memory.py").read_text())
-    assigns = {target.id: node for node in tree.body if isinstance(node, ast.Assign)
-               for target in node.targets if isinstance(target, ast.Name)}
-    if "MODELS" not in assigns:
-        raise RuntimeError("benchmarks/real_memory.py no longer defines MODELS, the checkpoints' configs")
-    names = {n.id for n in ast.walk(assigns["MODELS"].value) if isinstance(n, ast.Name)} & set(assigns)
-    namespace = {"__builtins__": {"dict": dict}}
-    for name in sorted(names, key=lambda n: assigns[n].lineno) + ["MODELS"]:
-        exec(compile(ast.Module([assigns[name]], []), "benchmarks/real_memory.py", "exec"), namespace)  # noqa: S102
-    return namespace["MODELS"]
+    """The checkpoints' module configs that benchmarks/real_memory.py measures (benchmarks/data)."""
+    return json.loads((HERE / "data" / "checkpoint_configs.json").read_text())
 
 
 def _as_loaded(module, dtype):
@@ -550,7 +539,7 @@ def _device_name(device) -> str:
 
 
 def main(argv=None) -> int:
-    from difftrack.cli import OneLineErrorParser, run_reporting_errors
+    from difftrack.errors import OneLineErrorParser, run_reporting_errors
     from difftrack.options import add_device_arguments, integer, number, output_file
 
     p = OneLineErrorParser(prog="python benchmarks/gpu_native.py", description=__doc__,

@@ -9,9 +9,11 @@ and a repeatability check (same inputs, same bits). Then the matching kernel at 
 5B analysis shapes in bf16: Triton against the torch backend (parity of every output) and against a
 bare bf16 ``q @ k.T`` over the same tensors, timed with CUDA events (median of --repeats).
 
-Without CUDA it says so in one line and exits 0 (nothing is measured on a CPU here).
+Without CUDA it says so in one line and exits 0 (nothing is measured on a CPU here); --cpu runs the family
+cases on the CPU in float32 instead, as a check of this script.
 
     python benchmarks/gpu_smoke.py --out benchmarks/results/gpu_smoke.json
+    python benchmarks/gpu_smoke.py --cpu --kinds cogvideox-rope --out /tmp/gpu_smoke.json
 """
 
 from __future__ import annotations
@@ -46,14 +48,6 @@ def _timed(fn, device: str):
     return out, stats
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    a, b = np.asarray(a), np.asarray(b)
-    # A metric with no visible ground truth is NaN in both runs: that is the same result.
-    return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc")
-
-
 def family_cases(kind: str, root: Path, device: str = "cuda", dtype=torch.bfloat16) -> dict:
     from difftrack.analysis import AnalysisConfig, Analyzer, VideoJob
     from difftrack.backbones import create_backbone, tiny_configs
@@ -62,7 +56,7 @@ def family_cases(kind: str, root: Path, device: str = "cuda", dtype=torch.bfloat
     from difftrack.io import write_video
     from difftrack.probe.features import FeatureSpec, extract_features
     from difftrack.sampling import sample
-    from difftrack.testing import save_pipeline, tiny_components, tiny_pipeline_class
+    from difftrack.testing import as_arrays, same_bits, save_pipeline, tiny_components, tiny_pipeline_class
     from difftrack.tracker import DiffTracker
 
     save_pipeline(tiny_components(kind), tiny_pipeline_class(kind), root / kind)
@@ -98,22 +92,12 @@ def family_cases(kind: str, root: Path, device: str = "cuda", dtype=torch.bfloat
         except Exception as exc:  # noqa: BLE001 - one broken case is a finding, not the end of the run
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        results[name] = {**stats, "repeatable": _same(_numpy(outputs[name]), _numpy(second))}
+        results[name] = {**stats, "repeatable": same_bits(as_arrays(outputs[name]), as_arrays(second))}
     if "generate_cfg_offload" in outputs and "generate_cfg" in outputs:
         offloaded, resident = (np.asarray(outputs[k], dtype=np.int16) for k in ("generate_cfg_offload", "generate_cfg"))
         difference = int(np.abs(offloaded - resident).max())
         results["generate_cfg_offload"].update(same_as_resident=difference == 0, max_abs_diff_vs_resident=difference)
     return results
-
-
-def _numpy(value):
-    if isinstance(value, (tuple, list)):
-        return tuple(_numpy(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(_numpy(v) for _, v in sorted(value.items()))
-    if torch.is_tensor(value):
-        return value.float().cpu().numpy()
-    return np.asarray(value)
 
 
 def kernel_cases(repeats: int) -> dict:
@@ -156,34 +140,40 @@ def kernel_cases(repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from difftrack.cli import OneLineErrorParser, run_reporting_errors
+    from difftrack.errors import OneLineErrorParser, run_reporting_errors
     from difftrack.io import json_safe, write_json
     from difftrack.options import integer, output_file
+    from difftrack.testing import TINY_KINDS
 
     p = OneLineErrorParser(prog="python benchmarks/gpu_smoke.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=output_file(".json"), default=str(Path(__file__).parent / "results" / "gpu_smoke.json"))
     p.add_argument("--repeats", type=integer(min=1), default=5)
+    p.add_argument("--kinds", nargs="+", choices=TINY_KINDS, default=list(TINY_KINDS),
+                   help="the tiny configurations to run (default: every one)")
+    p.add_argument("--cpu", action="store_true",
+                   help="run the family cases on the CPU in float32, as a check of this script (nothing is timed "
+                        "that matters, and the kernel cases need CUDA)")
 
     def run(args) -> None:
-        from difftrack.testing import TINY_KINDS
-
-        if not torch.cuda.is_available():
+        if not args.cpu and not torch.cuda.is_available():
             print("gpu_smoke.py: no CUDA device here; it measures nothing on a CPU (run it on a GPU machine)")
             return
-
-        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": "bfloat16",
+        device, dtype = ("cpu", torch.float32) if args.cpu else ("cuda", torch.bfloat16)
+        result = {"device": "cpu" if args.cpu else torch.cuda.get_device_name(), "torch": torch.__version__,
+                  "dtype": str(dtype).removeprefix("torch."),
                   "command": "python benchmarks/gpu_smoke.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         result["families"] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for kind in TINY_KINDS:
+            for kind in args.kinds:
                 try:
-                    result["families"][kind] = family_cases(kind, Path(tmp))
+                    result["families"][kind] = family_cases(kind, Path(tmp), device, dtype)
                 except Exception as exc:  # noqa: BLE001 - a family that cannot even load is recorded, the rest run
                     result["families"][kind] = {"error": f"{type(exc).__name__}: {exc}"}
         write_json(args.out, json_safe(result))  # kept if the kernel timing is cut short
-        result["kernel"] = kernel_cases(args.repeats)
-        write_json(args.out, json_safe(result))
+        if not args.cpu:
+            result["kernel"] = kernel_cases(args.repeats)
+            write_json(args.out, json_safe(result))
         print(f"wrote {args.out}")
 
     # Parsed inside, so that a bad option is one `error:` line and exit 2 like every other error.

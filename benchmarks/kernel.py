@@ -34,7 +34,8 @@ on rows that stay in L1 (so nothing is lost to memory traffic), as many scores a
 (heads x points x (video + text) tokens): torch's exp and its softmax, and benchmarks/kernel_bound.cpp compiled with g++ -O3 -march=native
 (per-frame max, a degree-6 polynomial exp, sum and the two head-sum accumulations; the cheapest form of that
 work, without the max pass and with a degree-4 exp still inside the parity tests' rtol of 1e-4; and exp + sum
-alone). A matmul plus a pass is the least a kernel doing that pass after that matmul can cost.
+alone), each checked against torch first (``native_pass_errors`` in the JSON). A matmul plus a pass is the least
+a kernel doing that pass after that matmul can cost.
 """
 
 from __future__ import annotations
@@ -263,6 +264,29 @@ def compile_bound_library(build_dir: Path):
 BOUND_ROWS = 8  # rows of one frame's logits per block: 8 x ~1.4k floats x 3 buffers stay in L1
 
 
+def native_pass_errors(lib) -> dict:
+    """How far the native passes are from the work they claim, against float64 torch on random logits: the
+    per-frame softmax with both head-sum accumulations (cost += p / 30, joint += p / 2; exact and cheapest form:
+    the largest (|error| - 1e-8) / |truth|) and exp + sum (the relative error), so that their times bound that
+    work and not something cheaper."""
+    rows, tokens = 3, 48
+    logits = torch.randn(rows, tokens, generator=torch.Generator().manual_seed(0)) * 4
+    probabilities = torch.softmax(logits.double(), -1)
+
+    def excess(got, want):
+        return float(((got.double() - want).abs() - 1e-8).div(want.abs()).max())
+
+    errors = {}
+    for cheapest, name in ((0, "softmax_accumulate"), (1, "softmax_accumulate_cheapest")):
+        scores, cost, joint = logits.clone(), torch.full((rows, tokens), 0.25), torch.zeros(rows, tokens)
+        lib.softmax_accumulate(scores.data_ptr(), cost.data_ptr(), joint.data_ptr(), rows, tokens, 1, cheapest)
+        errors[name] = max(excess(cost, 0.25 + probabilities / 30), excess(joint, probabilities * 0.5))
+    logits = torch.linspace(-60, 8, 2 * 64).view(2, 64)
+    want = 3 * torch.exp(logits.double()).sum()
+    errors["exp_sum"] = float(abs(lib.exp_sum(logits.data_ptr(), 2, 64, 3) - want) / want)
+    return errors
+
+
 def bound_shape(shape_name: str, lib, repeats: int) -> dict:
     """One thread: the chunked floor's CPU time and each element-wise pass's, over the shape's score count."""
     shape = SHAPES[shape_name]
@@ -367,11 +391,12 @@ def main(argv=None):
         torch.set_num_threads(1)
         with tempfile.TemporaryDirectory() as build:
             lib, compiler = compile_bound_library(Path(build))
+            errors = native_pass_errors(lib)
             bounds = {name: bound_shape(name, lib, args.repeats) for name in tqdm(shapes, desc="bounds")}
         write_json(args.out, {"command": command, "threads": 1, "repeats": args.repeats, "target": TARGET_TIME_RATIO,
                               "host": {"cpu": cpu_model(), "torch": torch.__version__, "compiler": compiler,
                                        "cpus": os.cpu_count(), "nice": os.nice(0)},
-                              "shapes": bounds})
+                              "native_pass_errors": errors, "shapes": bounds})
         for name, bound in bounds.items():
             print(f"{name}, {bound['scores'] / 1e6:.0f} M scores; matmul CPU-s: "
                   + ", ".join(f"{case} {seconds:.3f}" for case, seconds in bound["matmul_cpu_s"].items()))

@@ -4,25 +4,19 @@
     python benchmarks/make_tapvid_fixture.py --out heldout/tapvid_davis.pkl --num-videos 20 \\
         --seed-offset 200000 --frames 24 --size 256 --points 32                          # held-out evaluation
 
-Video i is difftrack.data.synthetic clip ``seed_offset + i`` named ``synthetic_<seed>``; its points are
-drawn by ``to_tapvid`` with the same seed, so the same arguments always write the same file. Pick a
---seed-offset no training or calibration run uses to keep the evaluation held out: the embedded model
-trains on seeds >= 1,000,000, the probe scores seeds from 100,000, the Lucas-Kanade defaults were
-chosen on seeds 50,000-50,009, and the TAP-Vid held-out set is seeds 200,000-200,019.
+Video i is difftrack.data.synthetic clip ``seed_offset + i`` named ``synthetic_<seed>`` (see
+difftrack.data.clips.tapvid_fixture), so the same arguments always write the same file. Pick a
+--seed-offset no training or calibration run uses to keep the evaluation held out (difftrack.evaluation.seeds
+lists the ranges; the Lucas-Kanade defaults were chosen on seeds 50,000-50,009).
 """
 
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
-from pathlib import Path
 
-from tqdm import tqdm
-
-from difftrack.cli import OneLineErrorParser, run_reporting_errors
-from difftrack.data.synthetic import generate_clip, to_tapvid
-from difftrack.io import atomic_path
+from difftrack.data.clips import save_tapvid, tapvid_fixture
+from difftrack.errors import OneLineErrorParser, run_reporting_errors
 from difftrack.options import integer, output_file, seed
 
 
@@ -39,21 +33,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_fixture(num_videos: int, seed_offset: int = 0, frames: int = 8, size: int = 64, points: int = 16) -> dict:
-    videos = {}
-    for seed in tqdm(range(seed_offset, seed_offset + num_videos), desc="rendering", unit="video"):
-        clip = generate_clip(seed, num_frames=frames, height=size, width=size)
-        videos[f"synthetic_{seed:06d}"] = to_tapvid(clip, points, seed)
-    return videos
-
-
 def run(args: argparse.Namespace) -> None:
-    fixture = make_fixture(args.num_videos, args.seed_offset, args.frames, args.size, args.points)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(pickle.dumps(fixture, protocol=pickle.HIGHEST_PROTOCOL))
-    print(f"wrote {len(fixture)} videos to {out}")
+    save_tapvid(args.out, tapvid_fixture(args.num_videos, args.seed_offset, args.frames, args.size, args.points))
+    print(f"wrote {args.num_videos} videos to {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:

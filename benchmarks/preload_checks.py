@@ -3,8 +3,8 @@
 Each case runs as a fresh process (`python -m difftrack.cli ...`, as a user runs it) on inputs made here in a
 temporary directory; the table records its exit code, its `error:` line, and its CPU time (user + system, from
 resource.getrusage(RUSAGE_CHILDREN)) and wall time, the median of --repeats runs. Two reference rows frame it:
-the floor every invocation pays (`import difftrack.cli`, which imports torch) and a case refused only after the
-embedded model has loaded.
+the floor every invocation pays (`import difftrack.cli`; the checks themselves never import torch) and a case
+refused only after the embedded model has loaded.
 
     python benchmarks/preload_checks.py --out benchmarks/results/preload_checks.json
 """
@@ -53,24 +53,6 @@ CASES = [
 LIMIT_CPU_S = 2.0
 
 
-def make_inputs(folder: Path) -> None:
-    """clip.mp4 (8 frames), one_frame.mp4, damaged.mp4 (an MP4 of 24 frames by write_video, 1,000 bytes in its
-    middle overwritten), tracks.npy (a bare array) and nan.json (a point at NaN)."""
-    import numpy as np
-
-    from difftrack.data.synthetic import generate_clip
-    from difftrack.io import write_video
-
-    write_video(folder / "clip.mp4", generate_clip(3, num_frames=8, height=64, width=64).video)
-    write_video(folder / "one_frame.mp4", generate_clip(3, num_frames=1, height=64, width=64).video)
-    write_video(folder / "whole.mp4", generate_clip(1, num_frames=24, height=64, width=64).video)
-    data = bytearray((folder / "whole.mp4").read_bytes())
-    data[len(data) // 2:len(data) // 2 + 1000] = np.random.default_rng(0).integers(0, 256, 1000, np.uint8).tobytes()
-    (folder / "damaged.mp4").write_bytes(bytes(data))
-    np.save(folder / "tracks.npy", np.zeros((8, 2, 2), np.float32))
-    (folder / "nan.json").write_text("[[NaN, 10, 10]]")
-
-
 def run_case(argv: list[str], cwd: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -92,11 +74,12 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from difftrack.io import write_json
+    from difftrack.testing import bad_inputs
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        make_inputs(folder)
+        bad_inputs(folder)
         run_case(CASES[0][1], folder)  # untimed: the first process reads the libraries from disk
         for name, case in CASES:
             runs = [run_case([a.format(**{"in": folder}) for a in case], folder) for _ in range(args.repeats)]

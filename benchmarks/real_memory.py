@@ -30,105 +30,14 @@ import importlib
 import json
 import sys
 import time
-import weakref
 from pathlib import Path
 
 import torch
 
 GIB = 2 ** 30
-T5_XXL = ("T5EncoderModel", "T5Config", dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-                                             vocab_size=32128, feed_forward_proj="gated-gelu"))
-UMT5_XXL = ("UMT5EncoderModel", "UMT5Config", dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-                                                   vocab_size=256384, feed_forward_proj="gated-gelu"))
-LLAMA_8B = ("LlamaModel", "LlamaConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                              num_attention_heads=32, num_key_value_heads=8, vocab_size=128320))
-CLIP_L = ("CLIPTextModel", "CLIPTextConfig", dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                  num_attention_heads=12, vocab_size=49408, projection_dim=768))
-
 # The checkpoints' module configs (their config.json values that differ from the classes' defaults), the
 # adapter that runs them, the text encoders with the token count they are run at, and the native size.
-MODELS = {
-    "cogvideox-2b": dict(
-        adapter="cogvideox:CogVideoXBackbone", size=(49, 480, 720), text=[("text_encoder", T5_XXL, 226)],
-        transformer=("CogVideoXTransformer3DModel", {}), vae=("AutoencoderKLCogVideoX", {})),
-    "cogvideox-5b": dict(
-        adapter="cogvideox:CogVideoXBackbone", size=(49, 480, 720), text=[("text_encoder", T5_XXL, 226)],
-        transformer=("CogVideoXTransformer3DModel", dict(num_attention_heads=48, num_layers=42,
-                                                         use_rotary_positional_embeddings=True)),
-        vae=("AutoencoderKLCogVideoX", {})),
-    "hunyuanvideo": dict(
-        adapter="hunyuan:HunyuanVideoBackbone", size=(129, 720, 1280),
-        text=[("text_encoder", LLAMA_8B, 351), ("text_encoder_2", CLIP_L, 77)],
-        transformer=("HunyuanVideoTransformer3DModel", {}), vae=("AutoencoderKLHunyuanVideo", {})),
-    "wan2.1-t2v-1.3b": dict(
-        adapter="wan:WanBackbone", size=(81, 480, 832), text=[("text_encoder", UMT5_XXL, 512)], vae_float32=True,
-        transformer=("WanTransformer3DModel", dict(num_attention_heads=12, ffn_dim=8960, num_layers=30,
-                                                   qk_norm="rms_norm_across_heads", cross_attn_norm=True)),
-        vae=("AutoencoderKLWan", {})),
-    "wan2.2-ti2v-5b": dict(
-        adapter="wan22:Wan22Backbone", size=(121, 704, 1280), text=[("text_encoder", UMT5_XXL, 512)],
-        vae_float32=True,
-        transformer=("WanTransformer3DModel", dict(num_attention_heads=24, ffn_dim=14336, num_layers=30,
-                                                   in_channels=48, out_channels=48, qk_norm="rms_norm_across_heads",
-                                                   cross_attn_norm=True)),
-        vae=("AutoencoderKLWan", dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
-                                      out_channels=12, patch_size=2, scale_factor_spatial=16,
-                                      latents_mean=[0.0] * 48, latents_std=[1.0] * 48))),
-    "ltx-video": dict(
-        adapter="ltx:LTXVideoBackbone", size=(161, 512, 704), text=[("text_encoder", T5_XXL, 128)],
-        transformer=("LTXVideoTransformer3DModel", {}), vae=("AutoencoderKLLTXVideo", {})),
-}
-
-
-def _bytes(module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-
-
-class PeakLiveBytes:
-    """Follows every tensor storage that ops output while active and the moment each is freed: ``peak``
-    is the most bytes alive at once. The storages of ``existing`` (the weights; an op such as a transpose
-    may return a view of them) are not counted."""
-
-    def __init__(self, existing=()):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-        self.live = self.peak = 0
-        self._refs = {}
-        self._existing = {id(t.untyped_storage()) for t in existing}
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in torch.utils._pytree.tree_leaves(out):
-                    if isinstance(t, torch.Tensor):
-                        tracker._follow(t.untyped_storage())
-                return out
-
-        self.mode = Mode()
-
-    def _follow(self, storage) -> None:
-        key = id(storage)
-        if key in self._refs or key in self._existing:
-            return
-        size = storage.nbytes()
-
-        def freed(_ref, key=key, size=size):
-            self._refs.pop(key, None)
-            self.live -= size
-
-        self._refs[key] = weakref.ref(storage, freed)
-        self.live += size
-        self.peak = max(self.peak, self.live)
-
-
-def _tracked(modules, fn):
-    """Run ``fn``; (peak bytes alive: the modules' weights plus the stage's tensors at their peak, weights)."""
-    tracker = PeakLiveBytes([t for m in modules for t in list(m.parameters()) + list(m.buffers())])
-    with tracker.mode, torch.no_grad():
-        fn()
-    weights = sum(_bytes(m) for m in modules)
-    return weights + tracker.peak, weights
+MODELS = json.loads((Path(__file__).parent / "data" / "checkpoint_configs.json").read_text())
 
 
 def _build(spec: dict, dtype):
@@ -155,6 +64,7 @@ def measure(name: str, dtype=torch.bfloat16) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from difftrack.capture import DescriptorCapture
+    from difftrack.memory import module_bytes, peak_bytes
 
     spec = MODELS[name]
     module, cls = spec["adapter"].split(":")
@@ -171,10 +81,10 @@ def measure(name: str, dtype=torch.bfloat16) -> dict:
             stages = {}
             for text_name, _, tokens in spec["text"]:
                 ids = torch.zeros(1, tokens, dtype=torch.long)
-                stages[f"text:{text_name}"] = _tracked([text[text_name]], lambda m=text[text_name], ids=ids: m(ids))
+                stages[f"text:{text_name}"] = peak_bytes([text[text_name]], lambda m=text[text_name], ids=ids: m(ids))
             video = torch.zeros(1, frames, 3, height, width, dtype=dtype)
             latents = []
-            stages["vae_encode"] = _tracked([bb.vae], lambda: latents.append(bb.encode_video(video)))
+            stages["vae_encode"] = peak_bytes([bb.vae], lambda: latents.append(bb.encode_video(video)))
             latents = latents[0].to(dtype)
             embeds, extra = _conditioning(bb, spec, dtype)
             layer = bb.track_layers()
@@ -185,14 +95,14 @@ def measure(name: str, dtype=torch.bfloat16) -> dict:
                     capture.run(bb.predict, latents, t, embeds, **extra)
                     return capture.results
 
-            stages["transformer_track"] = _tracked([bb.transformer], track)
+            stages["transformer_track"] = peak_bytes([bb.transformer], track)
             batch = torch.cat([latents, latents])
             extra2 = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in extra.items()}
-            stages["transformer_cfg"] = _tracked([bb.transformer], lambda: bb.predict(batch, t, torch.cat([embeds, embeds]),
-                                                                                      **extra2))
-            stages["vae_decode"] = _tracked([bb.vae], lambda: bb.decode_latents(latents))
-            weights = {"transformer": _bytes(bb.transformer), "vae": _bytes(bb.vae),
-                       **{n: _bytes(m) for n, m in text.items()}}
+            stages["transformer_cfg"] = peak_bytes([bb.transformer],
+                                                   lambda: bb.predict(batch, t, torch.cat([embeds, embeds]), **extra2))
+            stages["vae_decode"] = peak_bytes([bb.vae], lambda: bb.decode_latents(latents))
+            weights = {"transformer": module_bytes(bb.transformer), "vae": module_bytes(bb.vae),
+                       **{n: module_bytes(m) for n, m in text.items()}}
             parameters = sum(p.numel() for p in bb.transformer.parameters())
     finally:
         torch.set_default_dtype(default_dtype)
@@ -230,7 +140,7 @@ def _conditioning(bb, spec, dtype):
 
 
 def main(argv=None) -> int:
-    from difftrack.cli import OneLineErrorParser, run_reporting_errors
+    from difftrack.errors import OneLineErrorParser, run_reporting_errors
     from difftrack.options import output_file
 
     parser = OneLineErrorParser(prog="python benchmarks/real_memory.py", description=__doc__,

@@ -37,32 +37,21 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import itertools
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from difftrack.cli import OneLineErrorParser, run_reporting_errors
-from difftrack.distributed import gather_on_rank_zero, rank_and_world
-from difftrack.data.tapvid import DATASETS, PROTOCOLS, TapVidReader, metric_mode, sample_queries, to_protocol
-from difftrack.errors import UserError
+from difftrack.data.tapvid import DATASETS, TapVidReader
+from difftrack.errors import OneLineErrorParser, UserError, run_reporting_errors
+from difftrack.evaluation.metrics import METRIC_NAMES, SUMMARY_COLUMNS, average_over_videos
+from difftrack.evaluation.protocols import PROTOCOLS
 from difftrack.io import atomic_path, format_number, json_safe, save_npz, write_json
-from difftrack.metrics import METRIC_NAMES, average_over_videos, compute_tapvid_metrics
 from difftrack.options import add_device_arguments, check_output_dir, device_and_dtype, output_dir, positive, seed
 
 MODEL_TRACKERS = ("paper", "difftrack")
 TRACKERS = MODEL_TRACKERS + ("zero_motion", "lucas_kanade")
 DEFAULT_TRACKERS = ("difftrack", "zero_motion", "lucas_kanade")
-SUMMARY_COLUMNS = (("AJ", "average_jaccard"), ("delta_avg", "average_pts_within_thresh"),
-                   ("OA", "occlusion_accuracy"), ("delta_1", "pts_within_1"), ("delta_2", "pts_within_2"),
-                   ("delta_4", "pts_within_4"), ("delta_8", "pts_within_8"), ("delta_16", "pts_within_16"),
-                   ("J_1", "jaccard_1"), ("J_2", "jaccard_2"), ("J_4", "jaccard_4"), ("J_8", "jaccard_8"),
-                   ("J_16", "jaccard_16"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,112 +127,23 @@ def _settings(tracker) -> dict:
     return json_safe(asdict(tracker.config))
 
 
-def evaluate_video(tracker, frames: np.ndarray, points: np.ndarray, occluded: np.ndarray, protocol: str) -> dict:
-    """Run one tracker on one protocol-sized video; metrics and predictions as plain arrays."""
-    queries = sample_queries(points, occluded, protocol)
-    num_tracks, num_frames = occluded.shape
-    num_queries = len(queries.query_points)
-    if num_queries:
-        tracks, visible = tracker(frames, queries.query_points)
-        query_tracks = np.asarray(tracks, dtype=np.float32).transpose(1, 0, 2)
-        query_occluded = ~np.asarray(visible, dtype=bool).T
-    else:
-        query_tracks = np.zeros((0, num_frames, 2), np.float32)
-        query_occluded = np.zeros((0, num_frames), bool)
-    metrics = compute_tapvid_metrics(queries.query_points, queries.occluded, queries.target_points,
-                                     query_occluded, query_tracks, metric_mode(protocol))
-    track_tracks = np.zeros((num_tracks, num_frames, 2), np.float32)
-    track_occluded = np.ones((num_tracks, num_frames), bool)
-    queried, first_query = np.unique(queries.track_index, return_index=True)
-    track_tracks[queried] = query_tracks[first_query]
-    track_occluded[queried] = query_occluded[first_query]
-    return {"metrics": metrics, "tracks": track_tracks, "occluded": track_occluded,
-            "queries": queries.query_points, "query_track": queries.track_index,
-            "query_tracks": query_tracks, "query_occluded": query_occluded,
-            "target_points": queries.target_points, "target_occluded": queries.occluded}
-
-
-class PartialStore:
-    """Finished per-video results of one tracker, one atomically written .npz per video index."""
-
-    ARRAYS = ("tracks", "occluded", "queries", "query_track", "query_tracks", "query_occluded")
-
-    def __init__(self, out: Path, tracker: str, run: dict):
-        self.directory = out / "partial" / tracker
-        self.run = run
-
-    def check(self) -> None:
-        """Refuse to mix results of a different run (dataset, root, mode or model) into this one."""
-        config = self.directory / "run.json"
-        stored = json.loads(config.read_text()) if config.is_file() else self.run
-        if stored != self.run:
-            raise UserError(f"{self.directory} holds results of another run ({json.dumps(stored)}); "
-                            f"choose another --out or delete that folder")
-
-    def _path(self, index: int) -> Path:
-        return self.directory / f"{index:06d}.npz"
-
-    def load(self, index: int, name: str) -> dict | None:
-        path = self._path(index)
-        if not path.is_file():
-            return None
-        with np.load(path) as data:
-            if str(data["name"]) != name:
-                return None
-            result = {key: data[key] for key in self.ARRAYS}
-            result["metrics"] = dict(zip(METRIC_NAMES, data["metrics"].tolist()))
-        return result
-
-    def save(self, index: int, name: str, result: dict) -> None:
-        """Store one finished video; the folder and its run.json appear with the first one, so a run that
-        fails on its first video leaves nothing behind."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not (self.directory / "run.json").is_file():
-            write_json(self.directory / "run.json", self.run)
-        save_npz(self._path(index), name=np.array(name),
-                 metrics=np.array([result["metrics"][m] for m in METRIC_NAMES], np.float64),
-                 **{key: result[key] for key in self.ARRAYS})
-
-
 def run(args: argparse.Namespace) -> None:
+    from difftrack.evaluation.scoring import score_dataset
+
     reader = TapVidReader(args.dataset, args.root)
     args.model = args.model or _default_model()
     trackers, facts = build_trackers(args)
     run_config = {"dataset": args.dataset, "source": str(reader.source), "protocol": args.protocol}
-    stores = {}
-    for name in args.trackers:
-        config = run_config
-        if name in MODEL_TRACKERS:
-            config = dict(run_config, model=args.model, revision=facts["revision"], settings=facts["settings"][name])
-        stores[name] = PartialStore(args.out, name, config)
-        stores[name].check()
-
-    rank, world = rank_and_world()
-
-    total = reader.num_videos if args.limit is None else min(args.limit, reader.num_videos or args.limit)
-    mine = None if total is None else len(range(rank, total, world))
-    local = []
-    with tqdm(total=mine, desc=f"tapvid {args.dataset} ({args.protocol})", unit="video", disable=rank != 0) as bar:
-        for index, (name, load) in enumerate(itertools.islice(reader.entries(), args.limit)):
-            if index % world != rank:
-                continue
-            results = {tracker: stores[tracker].load(index, name) for tracker in trackers}
-            missing = [tracker for tracker, result in results.items() if result is None]
-            if missing:
-                sample = load()
-                frames, points = to_protocol(sample)
-                for tracker in missing:
-                    results[tracker] = evaluate_video(trackers[tracker], frames, points, sample.occluded,
-                                                      args.protocol)
-                    stores[tracker].save(index, name, results[tracker])
-            bar.update(1)
-            local.append((index, name, results))
-    gathered = gather_on_rank_zero(local, world)
-    if rank == 0:
+    runs = {name: dict(run_config, model=args.model, revision=facts["revision"], settings=facts["settings"][name])
+            if name in MODEL_TRACKERS else run_config for name in args.trackers}
+    # Finished videos wait in partial/ until the run completes, so that an interrupted run resumes there.
+    videos = score_dataset(trackers, reader.entries(), args.protocol, args.out / "partial", runs, limit=args.limit,
+                           num_videos=reader.num_videos)
+    if videos is not None:  # rank 0
         args.out.mkdir(parents=True, exist_ok=True)
-        run_facts = {"dataset": args.dataset, "protocol": args.protocol, "videos": len(gathered), **facts}
-        write_outputs(args.out, args.trackers, sorted(gathered, key=lambda item: item[0]), run_facts)
-        shutil.rmtree(args.out / "partial", ignore_errors=True)  # only an interrupted run needs them
+        run_facts = {"dataset": args.dataset, "protocol": args.protocol, "videos": len(videos), **facts}
+        write_outputs(args.out, args.trackers, videos, run_facts)
+        shutil.rmtree(args.out / "partial", ignore_errors=True)
 
 
 def _default_model() -> str:
@@ -253,25 +153,29 @@ def _default_model() -> str:
 
 
 def write_outputs(out: Path, tracker_names: list[str], videos: list, run_facts: dict) -> None:
-    summary = {t: average_over_videos([results[t]["metrics"] for _, _, results in videos]) for t in tracker_names}
+    summary = {t: average_over_videos([scores[t].metrics for _, _, scores in videos]) for t in tracker_names}
     write_json(out / "summary.json", json_safe({**summary, "run": run_facts}))
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["tracker", "video", "num_tracks", "num_queries", *METRIC_NAMES])
     for tracker in tracker_names:
-        for _, name, results in videos:
-            r = results[tracker]
-            writer.writerow([tracker, name, len(r["tracks"]), len(r["queries"]),
-                             *(f"{r['metrics'][m]:.6f}" for m in METRIC_NAMES)])
+        for name, num_tracks, scores in videos:
+            score = scores[tracker]
+            writer.writerow([tracker, name, num_tracks, len(score.queries.query_points),
+                             *(f"{score.metrics[m]:.6f}" for m in METRIC_NAMES)])
     with atomic_path(out / "per_video.csv") as tmp:
         tmp.write_text(buffer.getvalue())
 
     for tracker in tracker_names:
         arrays = {}
-        for _, name, results in videos:
-            for key in PartialStore.ARRAYS:
-                arrays[f"{name}/{key}"] = results[tracker][key]
+        for name, num_tracks, scores in videos:
+            score = scores[tracker]
+            tracks, occluded = score.per_track(num_tracks)
+            arrays.update({f"{name}/tracks": tracks, f"{name}/occluded": occluded,
+                           f"{name}/queries": score.queries.query_points,
+                           f"{name}/query_track": score.queries.track_index,
+                           f"{name}/query_tracks": score.tracks, f"{name}/query_occluded": score.occluded})
         save_npz(out / f"predictions_{tracker}.npz", **arrays)
 
     lines = [f"TAP-Vid metrics x100, averaged over {len(videos)} videos; protocol {run_facts['protocol']}"

@@ -20,7 +20,8 @@ benchmarks/tapvid.py (tapnet's definitions), next to zero motion and Lucas-Kanad
 Writes OUT/ablation.json ({row: {metric: value}}, with the options of each row, CPU and wall seconds
 and the load average) and OUT/ablation.md (the table x100). Besides tapnet's metrics, moved_1tok: over
 ground-truth-visible (query, frame) pairs whose true position is more than one token (--moved-px) from
-the query point, the share predicted within one token (benchmarks/embedded_eval.py's moved points).
+the query point in x or in y, the share predicted within one token in x and in y (the moved points of
+difftrack.evaluation.queries, as benchmarks/embedded_eval.py counts them, in pixels).
 Options given with --set apply to every difftrack row (e.g. --set motion_sigma=2).
 """
 
@@ -35,17 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tapvid import SUMMARY_COLUMNS, evaluate_video  # noqa: E402
-
-from difftrack.cli import OneLineErrorParser, run_reporting_errors  # noqa: E402
-from difftrack.data.tapvid import DATASETS, TapVidReader, to_protocol  # noqa: E402
-from difftrack.errors import UserError  # noqa: E402
-from difftrack.io import atomic_path, write_json  # noqa: E402
-from difftrack.metrics import QUERY_MODES, average_over_videos  # noqa: E402
-from difftrack.options import add_device_arguments, number, output_dir, positive  # noqa: E402
-from difftrack.decoding import MotionModel  # noqa: E402
+from difftrack.data.tapvid import DATASETS, TapVidReader
+from difftrack.decoding import MotionModel
+from difftrack.errors import OneLineErrorParser, UserError, run_reporting_errors
+from difftrack.evaluation.metrics import QUERY_MODES, SUMMARY_COLUMNS
+from difftrack.evaluation.scoring import protocol_video, score_tracker
+from difftrack.io import atomic_path, write_json
+from difftrack.options import add_device_arguments, number, output_dir, positive
 
 
 COLUMNS = SUMMARY_COLUMNS[:8] + (("moved_1tok", "moved_within_1_token"),)
@@ -62,17 +59,6 @@ def rows(recommended_layers: list[int], draws: int) -> dict[str, dict]:
             "temporal + offset (no dominant motion)": dict(temporal, refine_window=0),
             "dominant motion alone": dict(temporal, refine_window=0, background_weight=1.0),
             DEFAULT_ROW: dict(dominant, refine_window=0)}
-
-
-def moved_point_counts(run: dict, token_px: float) -> np.ndarray:
-    """(correct, total) over the ground-truth-visible (query, frame) pairs whose true position lies more than
-    one token (max-norm, ``token_px``) from the query point: correct when the prediction is within one token,
-    the 'moved points' of benchmarks/embedded_eval.py, in pixels."""
-    start = run["queries"][:, None, 1:]
-    target = run["target_points"]
-    moved = ~run["target_occluded"] & (np.abs(target - start).max(-1) > token_px)
-    correct = np.abs(run["query_tracks"] - target).max(-1) <= token_px
-    return np.array([(correct & moved).sum(), moved.sum()], np.int64)
 
 
 def parse_set(items: list[str]) -> dict:
@@ -124,17 +110,12 @@ def run(args) -> None:
                 for name, options in rows(recommended, args.draws).items() if not args.rows or name in args.rows}
     if not args.no_baselines:
         trackers.update(BASELINES)
-    videos = [(name, load()) for name, load in list(reader.entries())[:args.limit]]
+    videos = [protocol_video(name, load()) for name, load in list(reader.entries())[:args.limit]]
     results, seconds = {}, {}
     for name, tracker in trackers.items():
         load_before, cpu, wall = os.getloadavg()[0], time.process_time(), time.perf_counter()
-        metrics, moved = [], np.zeros(2, np.int64)
-        for _, sample in videos:
-            frames, points = to_protocol(sample)
-            run = evaluate_video(tracker, frames, points, sample.occluded, args.mode)
-            metrics.append(run["metrics"])
-            moved += moved_point_counts(run, args.moved_px)
-        results[name] = dict(average_over_videos(metrics), moved_within_1_token=moved[0] / max(moved[1], 1))
+        score = score_tracker(tracker, videos, args.mode, moved_distance=args.moved_px)
+        results[name] = dict(score.metrics, moved_within_1_token=score.moved_within)
         seconds[name] = {"cpu_s": round(time.process_time() - cpu, 2), "wall_s": round(time.perf_counter() - wall, 2),
                          "loadavg_before": round(load_before, 2), "loadavg_after": round(os.getloadavg()[0], 2)}
         print(f"{name:18s} AJ {100 * results[name]['average_jaccard']:.1f} "
@@ -146,7 +127,7 @@ def run(args) -> None:
     options = {name: tracker.meta() for name, tracker in trackers.items() if isinstance(tracker, DiffTracker)}
     write_json(out / "ablation.json", {
         "command": " ".join(["python", "benchmarks/track_ablation.py", *sys.argv[1:]]),
-        "model": backbone.name, "mode": args.mode, "videos": [name for name, _ in videos],
+        "model": backbone.name, "mode": args.mode, "videos": [video.name for video in videos],
         "results": {n: {m: (None if np.isnan(v) else v) for m, v in r.items()} for n, r in results.items()},
         "options": {n: {k: v for k, v in o.items() if k not in ("forwards", "layers_run")} for n, o in options.items()},
         "seconds": seconds})

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 
-from difftrack.errors import UserError
+from difftrack.errors import OneLineErrorParser, UserError, run_reporting_errors
 
 # name -> module with `add_arguments(parser)` and `run(args)`; the module docstring's first line is the help.
 COMMANDS = {
@@ -19,35 +18,6 @@ COMMANDS = {
     "train-tiny": "difftrack.commands.train_tiny",
     "synth": "difftrack.commands.synth",
 }
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors follow the project's convention: raised as a UserError, so that whoever runs the
-    parser under :func:`run_reporting_errors` prints one `error: ` line and exits with 2."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see `{self.prog} --help`)")
-
-
-def run_reporting_errors(run, args, debug: bool) -> int:
-    """Call ``run(args)`` and turn what it raises into the exit codes of the conventions: 2 for a
-    UserError (one `error:` line), 130 on Ctrl-C, 1 for anything else (`internal error:`)."""
-    try:
-        run(args)
-        return 0
-    except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - top-level: report internal errors as such
-        if debug:
-            traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

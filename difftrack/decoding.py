@@ -25,14 +25,19 @@ the wall exactly instead of jittering between equally plausible tokens.
 
 So a distractor peak far from the track's path loses to a slightly weaker peak on it. The first
 frame of a segment is the known start (the query point, or the end of the previous window).
+
+Torch is imported inside the functions: the tracker's options take their defaults from :class:`MotionModel`
+in `difftrack track`'s argument checks, which run without it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ def motion_log_prior(step: torch.Tensor, model: MotionModel, background_step: to
     """Log prior of steps (..., 2) in tokens, up to a constant shared by all steps: the free Gaussian
     -|step|^2 / (2 sigma^2), or with a background component the better of the two weighted components,
     scaled so that the free one keeps that form."""
+    import torch
+
     free = -step.square().sum(-1) * (1.0 / (2.0 * model.sigma ** 2))
     if not model.background_weight or background_step is None:
         return free
@@ -80,6 +87,8 @@ def viterbi_decode(start: torch.Tensor, positions: torch.Tensor, costs: torch.Te
     module docstring; bounds (width, height) of the frame in tokens.
     Returns positions (N, F, 2) and occluded (N, F) bool.
     """
+    import torch
+
     n, frames, k = costs.shape
     dtype, device = positions.dtype, positions.device
     emission = costs.clamp_min(1e-12).log() * model.emission_weight

@@ -2,14 +2,17 @@
 
 The three modes of docs/method.md section 4. Step i indexes the sampler's schedule of ``num_steps``
 steps (step 0 is the noisiest, the last step the cleanest), so "step 49 of 50" means the same here
-as in the paper.
+as in the paper. The checks import nothing heavy: the commands run them before loading torch.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from difftrack.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 NOISE_MODES = ("add", "clean", "invert")
 
@@ -41,6 +44,8 @@ def prepare_latents(backbone, latents: torch.Tensor, mode: str, step: int, num_s
     ``noise`` is drawn by the caller once per video, so a frame gets the same noise whichever chunk
     it is processed in.
     """
+    import torch
+
     check_noising(mode, [step], num_steps)
     timesteps = backbone.timesteps(num_steps)
     t = timesteps[step]
@@ -56,39 +61,42 @@ def prepare_latents(backbone, latents: torch.Tensor, mode: str, step: int, num_s
     return invert(backbone, latents, timesteps, step, conditioning), t
 
 
-@torch.no_grad()
 def invert(backbone, latents, timesteps, step, conditioning):
     """Deterministic inversion from clean latents up to ``timesteps[step]`` along the sampler's own schedule."""
-    sched = backbone.scheduler
-    path = list(reversed(timesteps[step:].tolist()))  # cleanest ... target
-    prompt_embeds, extras = conditioning
-    x = latents
-    if backbone.prediction_type() == "flow":
-        # Rectified flow: x_s = (1 - s) x0 + s noise, the model predicts noise - x0; invert with Euler steps.
-        prev_sigma = 0.0
-        prev_t = 0.0
-        for t in path:
-            sigma = float(t) / sched.config.num_train_timesteps
-            v = backbone.predict(x, torch.tensor(prev_t), prompt_embeds, **extras)
-            x = x + (sigma - prev_sigma) * v
-            prev_sigma, prev_t = sigma, float(t)
-        return x
-    if hasattr(sched, "alphas_cumprod"):
-        # DDIM inversion: deterministic DDIM update run from low to high noise.
-        acp = sched.alphas_cumprod.to(latents.device, torch.float32)
-        final = sched.final_alpha_cumprod if hasattr(sched, "final_alpha_cumprod") else acp[0]
-        prev_alpha = final.to(latents.device) if torch.is_tensor(final) else torch.tensor(final)
-        prev_t = None
-        for t in path:
-            t_in = torch.tensor(prev_t if prev_t is not None else 0)
-            out = backbone.predict(x, t_in, prompt_embeds, **extras).float()
-            a_prev = prev_alpha
-            x0, eps = _split_prediction(sched.config.prediction_type, x.float(), out, a_prev)
-            a_t = acp[int(t)]
-            x = (a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps).to(latents.dtype)
-            prev_alpha, prev_t = a_t, int(t)
-        return x
-    raise UserError(f"inversion is not supported for the {type(sched).__name__} scheduler; use --noise add or clean")
+    import torch
+
+    with torch.no_grad():
+        sched = backbone.scheduler
+        path = list(reversed(timesteps[step:].tolist()))  # cleanest ... target
+        prompt_embeds, extras = conditioning
+        x = latents
+        if backbone.prediction_type() == "flow":
+            # Rectified flow: x_s = (1 - s) x0 + s noise, the model predicts noise - x0; invert with Euler steps.
+            prev_sigma = 0.0
+            prev_t = 0.0
+            for t in path:
+                sigma = float(t) / sched.config.num_train_timesteps
+                v = backbone.predict(x, torch.tensor(prev_t), prompt_embeds, **extras)
+                x = x + (sigma - prev_sigma) * v
+                prev_sigma, prev_t = sigma, float(t)
+            return x
+        if hasattr(sched, "alphas_cumprod"):
+            # DDIM inversion: deterministic DDIM update run from low to high noise.
+            acp = sched.alphas_cumprod.to(latents.device, torch.float32)
+            final = sched.final_alpha_cumprod if hasattr(sched, "final_alpha_cumprod") else acp[0]
+            prev_alpha = final.to(latents.device) if torch.is_tensor(final) else torch.tensor(final)
+            prev_t = None
+            for t in path:
+                t_in = torch.tensor(prev_t if prev_t is not None else 0)
+                out = backbone.predict(x, t_in, prompt_embeds, **extras).float()
+                a_prev = prev_alpha
+                x0, eps = _split_prediction(sched.config.prediction_type, x.float(), out, a_prev)
+                a_t = acp[int(t)]
+                x = (a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps).to(latents.dtype)
+                prev_alpha, prev_t = a_t, int(t)
+            return x
+        raise UserError(f"inversion is not supported for the {type(sched).__name__} scheduler; use --noise add or "
+                        f"clean")
 
 
 def _split_prediction(kind, x, out, alpha):

@@ -40,51 +40,7 @@ from difftrack.io import check_points, check_video_and_queries
 from difftrack.kernels import match
 from difftrack.kernels.common import window_tokens
 from difftrack.noising import check_noising, prepare_latents
-
-
-TEMPORAL_MODES = ("viterbi", "none")
-
-
-@dataclass
-class TrackerConfig:
-    """Everything that decides a tracking result (also written into the output's ``meta``)."""
-
-    layers: list[int] | None = None  # None: the backbone's default tracking layers
-    steps: list[int] | None = None  # step indices into a schedule of ``num_steps``; None: backbone default
-    num_steps: int | None = None
-    # Fields left None below take the model's calibrated setting (Backbone.tracker_settings), else the
-    # uncalibrated one of UNCALIBRATED_SETTINGS: a setting chosen on one model never reaches another.
-    noise: str | None = None
-    noise_draws: int = 1  # independent noise draws whose costs are averaged (with noise "add")
-    window: int | None = None  # frames per forward; None: the backbone's trained window
-    # Sub-token position: 0 keeps the point's own place inside its matched token; r >= 1 soft-argmax in a
-    # (2r+1)^2-token window.
-    refine_window: int | None = None
-    bidirectional: bool = True  # average C[s->j] with C[j->s]^T
-    temporal: str | None = None  # "viterbi": HMM over candidates with a motion prior; "none": per-frame argmax
-    candidates: int = 256  # tokens per frame the Viterbi pass chooses from (all of them on small grids)
-    # The Viterbi pass's motion model (difftrack.decoding.MotionModel): tokens per frame, weight of log(cost)
-    # against the prior, cost of being hidden.
-    motion_sigma: float = MotionModel.sigma
-    emission_weight: float = MotionModel.emission_weight
-    occluded_log_cost: float = MotionModel.occluded_log_cost
-    # Weight of the scene's dominant motion (estimated from all tokens' costs) in the motion prior; 0: off.
-    background_weight: float | None = None
-    background_sigma: float = MotionModel.background_sigma
-    # Weight of log(presence), the frame's share of the point's joint attention against the best frame's,
-    # on visible states: how strongly a frame where nothing matches the point well reads as "occluded".
-    presence_weight: float | None = None
-    cycle_threshold: float | None = None  # tokens; larger forward-backward error -> occluded; None: calibrated
-    peak_threshold: float | None = None  # smaller head-averaged peak probability -> occluded; None: calibrated
-    seed: int = 0
-    backend: str = "auto"
-
-
-# difftrack's tracker on a model it was not calibrated for: the paper's clean latents and hard argmax (the point
-# keeps its place inside the matched token; a soft-argmax's last bits depend on the batch), per-frame argmax (the
-# Viterbi pass and its motion weights were chosen on the embedded model).
-UNCALIBRATED_SETTINGS = {"noise": "clean", "refine_window": 0, "temporal": "none", "background_weight": 0.0,
-                         "presence_weight": 0.0}
+from difftrack.tracker_config import TEMPORAL_MODES, TRACKERS, UNCALIBRATED_SETTINGS, TrackerConfig
 
 
 @dataclass
@@ -162,19 +118,26 @@ class DiffTracker:
     def __call__(self, video: np.ndarray, queries: np.ndarray, progress: bool = False):
         video, queries = check_video_and_queries(video, queries)
         num_frames, height, width = video.shape[:3]
-        latents, geometry = self._encode(video)
+        latents, geometry = self.encode(video)
         state = TrackState.start(queries, geometry, num_frames)
         windows = frame_windows(num_frames, self.config.window)
         self.stats.windows = windows
         passes = [(windows, +1)]
         if (queries[:, 0] > 0).any():
             passes.append((windows[::-1], -1))
-        bar = tqdm(total=sum(len(w) for w, _ in passes), desc="tracking", unit="window", disable=not progress)
+        # The bar counts forwards, as the run's summary does: a window no track needs costs none, and leaves
+        # the bar's total when it is skipped.
+        per_window = self.forwards_per_window()
+        bar = tqdm(total=sum(len(w) for w, _ in passes) * per_window, desc="tracking", unit="forward",
+                   disable=not progress)
         for ordered, direction in passes:
             state.restart()
             for frames in ordered:
-                self.track_window(latents[:, frames], geometry, frames, direction, state)
-                bar.update(1)
+                if self.track_window(latents[:, frames], geometry, frames, direction, state):
+                    bar.update(per_window)
+                else:
+                    bar.total -= per_window
+                    bar.refresh()
         bar.close()
         self.diagnostics = {"cycle_error": state.cycle_error, "peak": state.peak, "hidden": state.hidden}
         return self.result(state, num_frames)
@@ -190,16 +153,16 @@ class DiffTracker:
         visible[query_frames[seen], seen] = True
         return tracks, visible
 
-    def track_window(self, window_latents, geometry, frames: list[int], direction: int, state: "TrackState") -> None:
+    def track_window(self, window_latents, geometry, frames: list[int], direction: int, state: "TrackState") -> bool:
         """Extend every track whose current end lies in ``frames`` (and has frames left there in ``direction``)
-        to the window's far end; ``window_latents`` are the latents of ``frames``. Skips the forward when no
-        track needs the window. A track that ends a window occluded starts the next one occluded, matched with
+        to the window's far end; ``window_latents`` are the latents of ``frames``. Skips the forwards when no
+        track needs the window, and says whether it ran them. A track that ends a window occluded starts the next one occluded, matched with
         the descriptor of the last frame it was seen on (the frame it starts from shows its occluder)."""
         last = frames[-1] if direction > 0 else frames[0]
         ends = state.end_frame
         active = np.nonzero((ends >= min(frames)) & (ends <= max(frames)) & (ends != last))[0]
         if not len(active):
-            return
+            return False
         q_all, k_all = self._descriptors(window_latents, frames)
         groups = sorted(set(zip(ends[active].tolist(), state.end_hidden[active].tolist())))
         for start_frame, start_hidden in groups:
@@ -217,14 +180,21 @@ class DiffTracker:
             state.end_xy[idx] = xy[:, -1].numpy()
             state.end_hidden[idx] = hidden[:, -1].numpy()
             state.keep_anchors(idx, anchor)
+        return True
+
+    def forwards_per_window(self) -> int:
+        """Transformer forwards one window costs: one per step and noise draw (clean and inverted latents
+        take one draw)."""
+        cfg = self.config
+        return len(cfg.steps) * (cfg.noise_draws if cfg.noise == "add" else 1)
 
     def meta(self) -> dict:
         return {"tracker": self.name, "model": self.backbone.name, "device": str(self.backbone.device),
                 "dtype": str(self.backbone.dtype).removeprefix("torch."), **asdict(self.config),
                 "forwards": self.stats.forwards, "layers_run": self.stats.layers_run}
 
-    # ----- internals -----------------------------------------------------------------------------
-    def _encode(self, video: np.ndarray):
+    def encode(self, video: np.ndarray):
+        """Latents (one latent frame per RGB frame) and token geometry of a uint8 video (T, H, W, 3)."""
         bb = self.backbone
         num_frames, height, width = video.shape[:3]
         latents = bb.encode_frames(video, frame_as_latent=True)
@@ -234,6 +204,7 @@ class DiffTracker:
                                frame_as_latent=True, rgb_frames=num_frames)
         return latents, geometry
 
+    # ----- internals -----------------------------------------------------------------------------
     def _descriptors(self, window_latents, frames: list[int]):
         """q/k of every chosen (layer, step, noise draw) of one window, stacked along the head axis:
         (H_total, F_window * P, D)."""
@@ -483,7 +454,7 @@ class DiffTrackerOnline:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[1:3] != self.size or frames.shape[-1] != 3:
             raise UserError(f"frames must be RGB (t, {self.size[0]}, {self.size[1]}, 3), got {frames.shape}")
-        latents, geometry = self.tracker._encode(frames)
+        latents, geometry = self.tracker.encode(frames)
         if self.state is None:
             self.geometry = geometry
             self.state = TrackState.start(self.queries, geometry, 0)
@@ -520,8 +491,6 @@ class DiffTrackerOnline:
             visible[:min(t, frames), n] = False
         return tracks, visible
 
-
-TRACKERS = ("paper", "difftrack")
 
 
 def create_tracker(tracker: str | None = None, model: str | Backbone = DEFAULT_BACKBONE, device=None, dtype=None,

@@ -1,4 +1,4 @@
-"""Training of the embedded models on procedural clips (rectified flow, classifier-free caption dropout).
+"""Training of the embedded models on procedural or photo clips (rectified flow, classifier-free caption dropout).
 
 Deterministic: clip seeds and noise depend only on (seed, step), so a run killed and resumed with
 the same command reaches the same weights as an uninterrupted one. Checkpoints (weights as
@@ -11,12 +11,22 @@ have some frames cleaner than the clip's noise level, and a quarter have one nea
 ``frames`` frames (sorted, at their own temporal RoPE positions): the model sees frame gaps of 1 to
 ``frames - 1`` and every position it meets at inference, while attention, which dominates the cost,
 runs over fewer tokens. The image twin gets exactly the same frames, noise and optimiser, but every
-frame is its own sample, so it never sees another frame. Clips are rendered ahead by background workers
-(``workers``), and clips and noise come from the CPU whatever ``device`` the model trains on.
+frame is its own sample, so it never sees another frame.
+
+Data (``data``): ``mix``, the procedural generator's clips (:mod:`difftrack.data.synthetic`: procedural textures
+and a few photographs), rendered ahead on the CPU by background workers (``workers``); or ``photos``, clips of the
+photo corpus's train split (:mod:`difftrack.data.photo_clips`), whose scenes the workers draw ahead and render too
+on a CPU run, while on a GPU the training process renders each batch in one call on the device. Pixels per token
+(``size`` / ``patch``): 64 / 4 as shipped; 128 / 8 and 256 / 16 keep the 16 x 16 token grid, and so the cost of
+attention, with 2x and 4x the detail in every token. Noise is drawn on the CPU for
+a CPU run and on the device otherwise (at batch 32, drawing it on the CPU and copying it over would take longer
+than the step), so a checkpoint resumed on another device goes on with that device's draws (and, for photo
+clips, its rendering).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -28,8 +38,8 @@ import torch
 from tqdm import tqdm
 
 from difftrack.errors import UserError
-
-TRAIN_SEED_OFFSET = 1_000_000  # training clips use seeds >= this; held-out evaluation clips use seeds below it
+from difftrack.train_options import DATA_SOURCES, LOSS_WEIGHTS
+from difftrack.evaluation.seeds import TRAINING_SEED_START
 
 
 @dataclass
@@ -44,16 +54,18 @@ class TrainConfig:
     layers: int = 6
     heads: int = 4
     head_dim: int = 32
-    size: int = 64
+    size: int = 64  # frame side in pixels
+    patch: int = 4  # patch side in pixels: size / patch tokens a side
     lr: float = 8e-4
     warmup: int = 200
     caption_dropout: float = 0.1
     seed: int = 0
     bf16: bool = True
     checkpoint_minutes: float = 4.0
-    device: str = "cpu"  # where the model trains; clips are rendered and noise is drawn on the CPU either way
-    workers: int = 1  # background processes rendering clips ahead (a GPU step outruns one)
-    # Recipe axes of the screening study (benchmarks/embedded_screening.py); the defaults are the v2 recipe.
+    device: str = "cpu"  # where the model trains, photo clips are rendered and (off the CPU) noise is drawn
+    workers: int = 1  # background processes preparing clips ahead (a GPU step outruns one)
+    # Recipe axes of the screening study (studies/embedded_screening.py); the defaults are the v2 recipe.
+    data: str = "mix"  # "mix": the procedural generator's clips; "photos": photo clips of the corpus's train split
     aperiodic: bool = False  # walls and sprites only speckled or photographic
     anchor_clean: float = 0.0  # fraction of clips whose first trained frame is nearly clean (s < 0.02)
     loss_weight: str = "uniform"  # or "mid": weight 4 s (1 - s), favouring mid noise over the extremes
@@ -61,7 +73,7 @@ class TrainConfig:
     mask_patches: float = 0.0  # in half the clips, this fraction of the patches of every frame is pure noise
 
 
-LOSS_WEIGHTS = ("uniform", "mid")
+PHOTO_SPLIT = "train"  # the photo corpus's split training renders from (the held-out one is for evaluation)
 
 
 def logit_normal(generator, shape) -> torch.Tensor:
@@ -106,24 +118,63 @@ def frame_subset(cfg: TrainConfig, step: int) -> np.ndarray:
     return np.sort(rng.choice(cfg.frames, size=cfg.sample_frames, replace=False))
 
 
-def training_batch(cfg: TrainConfig, step: int):
-    """Pixels (B, F', 3, H, W) in [-1, 1] of the ``frame_subset`` of the clips of ``step``, their
-    captions, and the subset."""
+@functools.lru_cache(maxsize=None)
+def training_photos(size: int, device: str):
+    """The train split's photographs as a bank for clips of ``size`` pixels on ``device`` (loaded once a process;
+    fetching the corpus when the split needs it, with a one-line error if that fails)."""
+    from difftrack.data.photo_clips import PhotoBank
+    from difftrack.data.photos import load_photos
+
+    return PhotoBank(list(load_photos(PHOTO_SPLIT).values()), size, device)
+
+
+def prepared_clips(cfg: TrainConfig, step: int):
+    """The share of the batch of ``step`` that background workers make ahead on the CPU: the finished batch (as
+    :func:`training_batch` returns it) of generator clips, and of photo clips when the model trains on the CPU;
+    for a model on a GPU, the photo clips' scenes only ((scenes, frames)), which :func:`finish_batch` renders
+    there in one batched call."""
+    frames = frame_subset(cfg, step)
+    seeds = [TRAINING_SEED_START + cfg.seed * 10_000_000 + step * cfg.batch + i for i in range(cfg.batch)]
+    if cfg.data == "photos":
+        from difftrack.data.photo_clips import draw_scene
+
+        bank = training_photos(cfg.size, "cpu")
+        scenes = [draw_scene(seed, bank, cfg.frames) for seed in seeds]
+        return rendered_batch(cfg, scenes, frames, "cpu") if cfg.device == "cpu" else (scenes, frames)
     from difftrack.data.synthetic import generate_clip
 
-    frames = frame_subset(cfg, step)
     videos, captions = [], []
-    for i in range(cfg.batch):
-        clip = generate_clip(TRAIN_SEED_OFFSET + cfg.seed * 10_000_000 + step * cfg.batch + i, num_frames=cfg.frames,
-                             height=cfg.size, width=cfg.size, aperiodic=cfg.aperiodic)
+    for seed in seeds:
+        clip = generate_clip(seed, num_frames=cfg.frames, height=cfg.size, width=cfg.size, aperiodic=cfg.aperiodic)
         videos.append(torch.from_numpy(clip.video[frames]).permute(0, 3, 1, 2))
         captions.append(clip.caption)
     return torch.stack(videos).float() / 127.5 - 1.0, captions, frames
 
 
-class _StepBatches(torch.utils.data.Dataset):
-    """Batch ``i`` is the training batch of step ``start + i``: a pure function of the step, so a
-    background worker can render it ahead without touching determinism."""
+def rendered_batch(cfg: TrainConfig, scenes: list, frames, device: str):
+    """(pixels (B, F', 3, H, W) in [-1, 1] on ``device``, captions, frames) of photo clip scenes."""
+    from difftrack.data.photo_clips import render
+
+    video = render(scenes, training_photos(cfg.size, device), frames)
+    return video.float() / 127.5 - 1.0, [scene.caption for scene in scenes], frames
+
+
+def finish_batch(cfg: TrainConfig, prepared):
+    """The batch of what :func:`prepared_clips` made: as it is, or photo clips rendered on the training device."""
+    if cfg.data == "photos" and cfg.device != "cpu":
+        return rendered_batch(cfg, *prepared, cfg.device)
+    return prepared
+
+
+def training_batch(cfg: TrainConfig, step: int):
+    """Pixels (B, F', 3, H, W) in [-1, 1] of the ``frame_subset`` of the clips of ``step``, their
+    captions, and the subset. Generator clips come on the CPU, photo clips on ``cfg.device``."""
+    return finish_batch(cfg, prepared_clips(cfg, step))
+
+
+class _StepClips(torch.utils.data.Dataset):
+    """Item ``i`` is :func:`prepared_clips` of step ``start + i``: a pure function of the step, so a
+    background worker can make it ahead without touching determinism."""
 
     def __init__(self, cfg: TrainConfig, start: int):
         self.cfg, self.start = cfg, start
@@ -132,13 +183,14 @@ class _StepBatches(torch.utils.data.Dataset):
         return self.cfg.steps - self.start
 
     def __getitem__(self, i):
-        return training_batch(self.cfg, self.start + i)
+        return prepared_clips(self.cfg, self.start + i)
 
 
 def prefetched_batches(cfg: TrainConfig, start: int):
-    # A DataLoader hands batches back in index order whatever the number of workers: the steps stay in order.
-    return iter(torch.utils.data.DataLoader(_StepBatches(cfg, start), batch_size=None, num_workers=cfg.workers,
-                                            prefetch_factor=4))
+    # A DataLoader hands items back in index order whatever the number of workers: the steps stay in order.
+    prepared = torch.utils.data.DataLoader(_StepClips(cfg, start), batch_size=None, num_workers=cfg.workers,
+                                           prefetch_factor=4)
+    return (finish_batch(cfg, item) for item in prepared)
 
 
 def rotary_embedding(cfg: TrainConfig, grid: int, head_dim: int, frames: np.ndarray):
@@ -163,13 +215,18 @@ def loss_for_step(cfg: TrainConfig, components: dict, step: int, batch) -> torch
     drop = torch.rand(b, generator=g) < cfg.caption_dropout
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
     s, per_frame = noise_levels(g, b, f, cfg.anchor_clean)
-    noise = torch.randn(x0.shape, generator=g)
-    sf = per_frame[:, :, None, None, None]
+    x0 = x0.to(device)
+    if device.type == "cpu":
+        noise = torch.randn(x0.shape, generator=g)
+    else:  # on the device: at batch 32 a CPU draw and its copy take longer than the step
+        noise = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step),
+                            device=device)
+    sf = per_frame.to(device)[:, :, None, None, None]
     xs = (1 - sf) * x0 + sf * noise
     if cfg.mask_patches > 0:  # drawn only then, so the other recipes' noise stays bit-identical
-        xs = torch.where(masked_patches(g, x0.shape, transformer.config.patch_size, cfg.mask_patches), noise, xs)
-    # The noise is drawn on the CPU, so a run gives the same draws on every device.
-    xs, target = xs.to(device), (noise - x0).to(device)
+        mask = masked_patches(g, x0.shape, transformer.config.patch_size, cfg.mask_patches)
+        xs = torch.where(mask.to(device), noise, xs)
+    target = noise - x0
     ids = tokenizer(captions, padding="max_length", max_length=transformer.config.max_text_seq_length,
                     truncation=True, return_tensors="pt").input_ids.to(device)
     timestep = (s * 1000).to(device)
@@ -237,8 +294,12 @@ def _load_checkpoint(run_dir: Path, components, optimizer, lr_schedule, cfg):
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse, in one line, a configuration that cannot train (before anything is built or written)."""
-    if cfg.size % 4:
-        raise UserError(f"--size {cfg.size} is not a multiple of the patch size 4")
+    if cfg.patch < 1 or cfg.size % cfg.patch:
+        raise UserError(f"--size {cfg.size} is not a multiple of --patch {cfg.patch}")
+    if cfg.data not in DATA_SOURCES:
+        raise UserError(f"--data must be one of {', '.join(DATA_SOURCES)}, got {cfg.data!r}")
+    if cfg.aperiodic and cfg.data != "mix":
+        raise UserError("--aperiodic chooses among the generator's textures; it has no meaning with --data photos")
     if min(cfg.steps, cfg.batch, cfg.frames, cfg.sample_frames, cfg.layers, cfg.heads, cfg.workers) < 1:
         raise UserError("--steps, --batch, --frames, --sample-frames, --layers, --heads and --workers must be positive")
     if cfg.head_dim < 2 or cfg.head_dim % 2:
@@ -257,7 +318,8 @@ def fresh_training(cfg: TrainConfig):
 
     from difftrack.backbones.embedded import build_components, model_config
 
-    mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames)
+    mcfg = model_config(layers=cfg.layers, heads=cfg.heads, head_dim=cfg.head_dim, size=cfg.size, frames=cfg.frames,
+                        patch=cfg.patch)
     components = build_components(mcfg, seed=cfg.seed)
     for name in ("transformer", "text_encoder"):
         components[name].to(cfg.device).train().requires_grad_(True)
@@ -281,6 +343,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     from difftrack.backbones.embedded import save_components
 
     check_config(cfg)
+    if cfg.data == "photos":  # a corpus that cannot be fetched is a one-line error before anything is written;
+        for where in ("cpu", cfg.device):  # and the workers, forked later, find the scenes' bank loaded
+            training_photos(cfg.size, where)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     components, params, optimizer, lr_schedule = fresh_training(cfg)

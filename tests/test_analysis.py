@@ -9,12 +9,13 @@ import torch
 
 from difftrack.analysis import AnalysisConfig, Analyzer, VideoJob, run_analysis
 from difftrack.analysis.labellers import CoTrackerLabeller, ExactLabeller
-from difftrack.analysis.metrics import Reduction, StepReducer, grid_query_tokens, pck_thresholds, score_reduction
+from difftrack.analysis.metrics import Reduction, StepReducer, pck_thresholds, score_reduction
 from difftrack.analysis.ranking import aggregate, harmonic_mean, min_max, rank
 from difftrack.backbones.cogvideox import CogVideoXBackbone
 from difftrack.capture import Descriptors
 from difftrack.cli import main
 from difftrack.errors import UserError
+from difftrack.evaluation.queries import token_grid
 from difftrack.geometry import TokenGeometry
 from difftrack.io import save_npz, write_video
 from difftrack.testing import tiny_components
@@ -31,12 +32,12 @@ def geometry(frames=3, grid=(4, 5), compression=4, stride=(16.0, 16.0)):
                          stride_px=stride, temporal_compression=compression)
 
 
-def test_grid_query_tokens_are_distinct_token_centres():
+def test_query_tokens_are_distinct_token_centres():
     g = geometry(grid=(4, 5))
-    every = grid_query_tokens(g, 20)
+    every = token_grid(20, g.grid_h, g.grid_w)
     assert len(every) == 20 and len({tuple(p) for p in every}) == 20
     assert np.all((every % 1) == 0.5)
-    two = grid_query_tokens(g, 2)
+    two = token_grid(2, g.grid_h, g.grid_w)
     assert two.tolist() == [[1.5, 1.5], [3.5, 1.5], [1.5, 3.5], [3.5, 3.5]]
 
 
@@ -84,7 +85,7 @@ def test_step_reducer_matches_naive_joint_attention():
     k = torch.randn(1, heads, 3 * p, dim)
     text = torch.randn(1, heads, 6, dim)
     feat = torch.randn(1, 3 * p, 16)
-    query_xy = grid_query_tokens(g, 4)
+    query_xy = token_grid(4, g.grid_h, g.grid_w)
     reducer = StepReducer(g, query_xy, figure={(1, 2)}, figure_points=[0, 3], figure_frames=[0, 2])
     assert reducer(Descriptors(1, 2, q, k, text, feat)) is True
     red = reducer.reductions[(1, 2)]
@@ -201,7 +202,7 @@ def test_resume_after_kill_skips_finished_videos_and_matches_a_fresh_run(backbon
     with pytest.raises(Killed):
         run_analysis(Analyzer(backbone, config), jobs, tmp_path / "run", progress=False, after_video=kill_after_first)
     done = sorted(p.name for p in (tmp_path / "run" / "videos").iterdir())
-    assert done == ["synthetic-11.figures.npz", "synthetic-11.json"]
+    assert done == ["run.json", "synthetic-11.json", "synthetic-11.npz"]
     assert not (tmp_path / "run" / "results.json").exists()
     analysed = []
     resumed = run_analysis(Analyzer(backbone, config), jobs, tmp_path / "run", progress=False,
@@ -225,7 +226,7 @@ def test_distributed_run_equals_single_process(backbone, model_dir, tmp_path):
                            "-m", "difftrack.cli", *args, "--out", str(tmp_path / "dist")],
                           env=env, capture_output=True, text=True)
     assert dist.returncode == 0, dist.stderr[-2000:]
-    shards = {json.loads(p.read_text())["seed"] for p in (tmp_path / "dist" / "videos").glob("*.json")}
+    shards = {json.loads(p.read_text())["seed"] for p in (tmp_path / "dist" / "videos").glob("synthetic-*.json")}
     assert shards == set(seeds)
     config = AnalysisConfig(model=str(model_dir), layers=[0, 1], steps=[1], num_steps=2, grid=3, num_frames=5,
                             height=32, width=32)
@@ -285,7 +286,7 @@ def test_generated_video_is_measured_on_its_own_trajectory(embedded):
     # step 0 replayed by hand: the conditional branch on the seed's initial noise at the first timestep
     x = initial_noise(embedded, 1, 3, 16, 16, seed=7)
     t = embedded.timesteps(3)[0]
-    replay = StepReducer(geometry, grid_query_tokens(geometry, 4))
+    replay = StepReducer(geometry, token_grid(4, geometry.grid_h, geometry.grid_w))
     with DescriptorCapture(embedded, [0, 2], features=True, on_capture=replay) as cap:
         cap.step = 0
         embedded.predict(x, t, embedded.encode_prompt([job.prompt]))

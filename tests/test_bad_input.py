@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,9 @@ import pytest
 from difftrack.cli import main
 from difftrack.data.synthetic import generate_clip
 from difftrack.io import write_video
-from benchmark_scripts import load_benchmark
+from difftrack.testing import bad_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 TRACK = [
@@ -216,7 +220,7 @@ TAPVID = [
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("inputs")
-    load_benchmark("preload_checks").make_inputs(folder)
+    bad_inputs(folder)
     (folder / "junk.mp4").write_bytes(b"this is not a video")
     (folder / "a_file").write_text("a regular file")
     (folder / "comments.txt").write_text("# a comment, and nothing else\n\n")
@@ -276,21 +280,41 @@ def _files(*roots: Path) -> set[str]:
 
 
 def _check(run, argv, message, inputs, tmp_path, capfd, monkeypatch):
+    """``run(argv)`` in this process (the CLI's entry point)."""
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.chdir(tmp_path)  # default output names land here, where the test can see them
-    places = {"in": inputs, "file": inputs / "a_file", "ro": "/proc", "out": out}
-    argv, message = [a.format(**places) for a in argv], message.format(**places)
+    argv, message = _places(argv, message, inputs, out)
     before = _files(inputs, tmp_path)
     code = run(argv)
-    err = capfd.readouterr().err
+    _check_failure(code, capfd.readouterr().err, message)
+    assert _files(inputs, tmp_path) == before, "a failed command left files behind"
+
+
+def _check_program(script, argv, message, inputs, tmp_path):
+    """``python SCRIPT ARGV`` as a fresh process, run in ``tmp_path``."""
+    out = tmp_path / "out"
+    out.mkdir()
+    argv, message = _places(argv, message, inputs, out)
+    before = _files(inputs, tmp_path)
+    done = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    _check_failure(done.returncode, done.stderr, message)
+    assert _files(inputs, tmp_path) == before, "a failed command left files behind"
+
+
+def _places(argv, message, inputs, out):
+    places = {"in": inputs, "file": inputs / "a_file", "ro": "/proc", "out": out}
+    return [a.format(**places) for a in argv], message.format(**places)
+
+
+def _check_failure(code, err, message):
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
     assert code == 2, err
     assert "Traceback" not in err and "internal error" not in err, err
     assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
     assert all("%|" in line for line in lines[:-1]), err  # nothing else but progress bars (no FFmpeg noise)
     assert message in lines[-1], lines[-1]
-    assert _files(inputs, tmp_path) == before, "a failed command left files behind"
 
 
 @pytest.mark.parametrize("argv, message", TRACK + ANALYZE + GENERATE + PROBE + TRAIN + SYNTH + OTHER,
@@ -299,14 +323,9 @@ def test_cli_bad_input(inputs, tmp_path, capfd, monkeypatch, argv, message):
     _check(main, argv, message, inputs, tmp_path, capfd, monkeypatch)
 
 
-@pytest.fixture(scope="module")
-def tapvid_main():
-    return load_benchmark("tapvid").main
-
-
 @pytest.mark.parametrize("argv, message", TAPVID, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_tapvid_benchmark_bad_input(tapvid_main, inputs, tmp_path, capfd, monkeypatch, argv, message):
-    _check(tapvid_main, argv, message, inputs, tmp_path, capfd, monkeypatch)
+def test_tapvid_benchmark_bad_input(inputs, tmp_path, argv, message):
+    _check_program("benchmarks/tapvid.py", argv, message, inputs, tmp_path)
 
 
 def test_read_only_directory_is_refused_for_ordinary_users(tmp_path):
@@ -337,19 +356,21 @@ def test_a_non_video_file_gives_one_line_from_a_fresh_process(inputs, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-BENCHMARK_SCRIPTS = [
-    ("gpu_smoke", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
-    ("gpu_smoke", ["--out", "{out}/g.txt"], "must end in .json"),
-    ("train_step_profile", ["--device", "gpu0"], "is not a torch device"),
-    ("train_step_profile", ["--timed-steps", "0"], "--timed-steps: must be an integer >= 1"),
-    ("train_step_profile", ["--out", "{in}/missing/p.json"], "does not exist"),
-    ("track_ablation", ["--root", "{in}", "--rows", "best", "--out", "{out}/a"], "--rows: invalid choice: 'best'"),
+SCRIPTS = [
+    ("benchmarks/gpu_smoke.py", ["--repeats", "0"], "--repeats: must be an integer >= 1"),
+    ("benchmarks/gpu_smoke.py", ["--out", "{out}/g.txt"], "must end in .json"),
+    ("studies/train_step_profile.py", ["--device", "gpu0"], "is not a torch device"),
+    ("studies/train_step_profile.py", ["--timed-steps", "0"], "--timed-steps: must be an integer >= 1"),
+    ("studies/train_step_profile.py", ["--out", "{in}/missing/p.json"], "does not exist"),
+    ("benchmarks/track_ablation.py", ["--root", "{in}", "--rows", "best", "--out", "{out}/a"],
+     "--rows: invalid choice: 'best'"),
+    ("benchmarks/embedded_eval.py", ["--seed-start", "999990"], "held-out seeds must stay below 1000000"),
 ]
 
 
-@pytest.mark.parametrize("script, argv, message", BENCHMARK_SCRIPTS)
-def test_benchmark_scripts_bad_input(inputs, tmp_path, capfd, monkeypatch, script, argv, message):
-    _check(load_benchmark(script).main, argv, message, inputs, tmp_path, capfd, monkeypatch)
+@pytest.mark.parametrize("script, argv, message", SCRIPTS)
+def test_benchmark_and_study_scripts_bad_input(inputs, tmp_path, script, argv, message):
+    _check_program(script, argv, message, inputs, tmp_path)
 
 
 def _tracks(path: Path) -> np.ndarray:

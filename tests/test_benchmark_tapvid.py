@@ -1,3 +1,6 @@
+"""The reference trackers, and benchmarks/tapvid.py and benchmarks/make_tapvid_fixture.py run as programs: outputs,
+protocols, Kinetics shards, resume, torchrun, bad input."""
+
 import csv
 import json
 import os
@@ -11,22 +14,31 @@ import numpy as np
 import pytest
 
 from difftrack.baselines import BASELINES, LucasKanade, zero_motion
-from difftrack.data.tapvid import TapVidReader, metric_mode, sample_queries, to_protocol
-from difftrack.metrics import METRIC_NAMES, average_over_videos, compute_tapvid_metrics
-from benchmark_scripts import load_benchmark
+from difftrack.data.tapvid import TapVidReader
+from difftrack.evaluation.metrics import METRIC_NAMES, average_over_videos, compute_tapvid_metrics
+from difftrack.evaluation.protocols import metric_mode, sample_queries, to_protocol
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-tapvid_benchmark = load_benchmark("tapvid")
-make_tapvid_fixture = load_benchmark("make_tapvid_fixture")
+def _run(script, *argv, env=None):
+    """``python benchmarks/<script>.py ARGV`` from the repository root; the finished process."""
+    return subprocess.run([sys.executable, f"benchmarks/{script}.py", *map(str, argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def tapvid(*argv) -> int:
+    done = _run("tapvid", *argv)
+    assert done.returncode in (0, 2), done.stderr[-2000:]
+    return done.returncode
 
 
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tapvid_fixture")
-    assert make_tapvid_fixture.main(["--out", str(root / "tapvid_davis.pkl"), "--num-videos", "3",
-                                     "--frames", "8", "--size", "64", "--points", "8"]) == 0
+    done = _run("make_tapvid_fixture", "--out", root / "tapvid_davis.pkl", "--num-videos", 3, "--frames", 8,
+                "--size", 64, "--points", 8)
+    assert done.returncode == 0, done.stderr[-2000:]
     return root
 
 
@@ -93,7 +105,7 @@ def _rescore_from_predictions(root, out, tracker, mode, limit=None):
     with np.load(out / f"predictions_{tracker}.npz") as predictions:
         for name, load in list(TapVidReader("davis", root).entries())[:limit]:
             sample = load()
-            _, points = to_protocol(sample)
+            _, points = to_protocol(sample.video, sample.points)
             queries = sample_queries(points, sample.occluded, mode)
             if mode != "strided":  # one query per track: the per-track arrays are enough
                 tracks = predictions[f"{name}/tracks"][queries.track_index]
@@ -142,8 +154,8 @@ def _check_outputs(root, out, trackers, mode, limit=None):
 @pytest.mark.parametrize("mode", ["first", "strided", "release"])
 def test_reference_trackers_end_to_end_on_the_generator_fixture(fixture_root, tmp_path, mode):
     out = tmp_path / "out"
-    assert tapvid_benchmark.main(["--dataset", "davis", "--root", str(fixture_root), "--mode", mode,
-                                  "--trackers", "zero_motion,lucas_kanade", "--out", str(out)]) == 0
+    assert tapvid("--dataset", "davis", "--root", fixture_root, "--mode", mode, "--trackers", "zero_motion,lucas_kanade",
+                  "--out", out) == 0
     summary, _ = _check_outputs(fixture_root, out, ["zero_motion", "lucas_kanade"], mode)
     # A point tracker that follows the motion must beat standing still on moving content.
     assert summary["lucas_kanade"]["average_pts_within_thresh"] > summary["zero_motion"]["average_pts_within_thresh"]
@@ -163,10 +175,8 @@ def test_kinetics_shards_run_through_the_benchmark_like_the_same_videos_in_a_dav
                                  for f in e["video"]]) for e in members]
         (shards / f"{shard:04d}_of_0010.pkl").write_bytes(pickle.dumps(packed))
     common = ["--trackers", "zero_motion", "--limit", "3"]
-    assert tapvid_benchmark.main(["--dataset", "kinetics", "--root", str(shards), *common,
-                                  "--out", str(tmp_path / "kinetics_out")]) == 0
-    assert tapvid_benchmark.main(["--dataset", "davis", "--root", str(fixture_root), *common,
-                                  "--out", str(tmp_path / "davis_out")]) == 0
+    assert tapvid("--dataset", "kinetics", "--root", shards, *common, "--out", tmp_path / "kinetics_out") == 0
+    assert tapvid("--dataset", "davis", "--root", fixture_root, *common, "--out", tmp_path / "davis_out") == 0
     kinetics_rows = _read_csv(tmp_path / "kinetics_out" / "per_video.csv")
     davis_rows = _read_csv(tmp_path / "davis_out" / "per_video.csv")
     assert [r["video"] for r in kinetics_rows] == ["0000_of_0010_0000", "0000_of_0010_0001", "0001_of_0010_0000"]
@@ -188,8 +198,7 @@ def tiny_pipeline(tmp_path_factory):
 def test_difftrack_runs_through_the_benchmark_by_model_name(fixture_root, tiny_pipeline, tmp_path):
     """difftrack's tracker on a random-weight tiny CogVideoX: the plumbing, not the accuracy."""
     out = tmp_path / "out"
-    assert tapvid_benchmark.main(["--dataset", "davis", "--root", str(fixture_root), "--limit", "1",
-                                  "--model", str(tiny_pipeline), "--out", str(out)]) == 0
+    assert tapvid("--dataset", "davis", "--root", fixture_root, "--limit", 1, "--model", tiny_pipeline, "--out", out) == 0
     _check_outputs(fixture_root, out, ["difftrack", "zero_motion", "lucas_kanade"], "first", limit=1)
 
 
@@ -198,9 +207,8 @@ def test_the_release_protocol_runs_all_four_trackers_in_one_summary(fixture_root
     protocol, device, dtype, revision and settings in summary.json."""
     out = tmp_path / "out"
     trackers = ["paper", "difftrack", "zero_motion", "lucas_kanade"]
-    assert tapvid_benchmark.main(["--dataset", "davis", "--root", str(fixture_root), "--limit", "2",
-                                  "--model", str(tiny_pipeline), "--device", "cpu", "--dtype", "float32",
-                                  "--protocol", "release", "--trackers", ",".join(trackers), "--out", str(out)]) == 0
+    assert tapvid("--dataset", "davis", "--root", fixture_root, "--limit", 2, "--model", tiny_pipeline, "--device", "cpu",
+                  "--dtype", "float32", "--protocol", "release", "--trackers", ",".join(trackers), "--out", out) == 0
     _, run = _check_outputs(fixture_root, out, trackers, "release", limit=2)
     assert run["device"] == "cpu" and run["dtype"] == "float32" and run["model"] == str(tiny_pipeline)
     assert run["revision"].startswith("config-sha256:")
@@ -230,53 +238,39 @@ def _assert_same_outputs(a, b):
                 assert np.array_equal(a[key][array], b[key][array]), array
 
 
-def test_resume_skips_finished_videos(fixture_root, tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    argv = ["--dataset", "davis", "--root", str(fixture_root / "tapvid_davis.pkl"), "--mode", "strided",
-            "--trackers", "zero_motion,lucas_kanade", "--out", str(out)]
-    assert tapvid_benchmark.main(argv) == 0
-    first = _outputs(out, ["zero_motion", "lucas_kanade"])
+def test_a_run_resumes_from_the_finished_videos_of_its_partial_folder_and_refuses_another_runs(fixture_root, tmp_path):
+    """The dataset loop's resume itself is tested in test_scoring.py; here the program picks up a partial/ folder of
+    the same run (its first video, as an interrupted run leaves it), gives the outputs of an uninterrupted run and
+    removes the folder, and refuses one of another run."""
+    from difftrack.evaluation.scoring import score_dataset
 
-    calls = []
-
-    def interrupted(video, queries):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append("lucas_kanade")
-        return BASELINES["lucas_kanade"](video, queries)
-
-    def counting(name):
-        def tracker(video, queries):
-            calls.append(name)
-            return BASELINES[name](video, queries)
-        return tracker
-
+    pickle_path = fixture_root / "tapvid_davis.pkl"
+    argv = ["--dataset", "davis", "--root", pickle_path, "--mode", "strided", "--trackers", "zero_motion,lucas_kanade"]
+    assert tapvid(*argv, "--out", tmp_path / "whole") == 0
     resumed = tmp_path / "resumed"
-    argv = [*argv[:-1], str(resumed)]
-    monkeypatch.setattr("difftrack.baselines.BASELINES", dict(BASELINES, lucas_kanade=interrupted))
-    assert tapvid_benchmark.main(argv) == 130  # stopped on the second video: its first one is kept
-    assert not (resumed / "summary.json").exists()
-    calls.clear()
-    monkeypatch.setattr("difftrack.baselines.BASELINES", {name: counting(name) for name in BASELINES})
-    assert tapvid_benchmark.main(argv) == 0
-    assert calls == ["lucas_kanade", "zero_motion", "lucas_kanade"]  # only the unfinished (tracker, video) pairs
-    _assert_same_outputs(first, _outputs(resumed, ["zero_motion", "lucas_kanade"]))
+    run = {"dataset": "davis", "source": str(pickle_path.resolve()), "protocol": "strided"}
+    trackers = {name: BASELINES[name] for name in ("zero_motion", "lucas_kanade")}
+    score_dataset(trackers, TapVidReader("davis", pickle_path).entries(), "strided", resumed / "partial",
+                  {name: run for name in trackers}, limit=1, progress=False)
+    assert tapvid(*argv, "--out", resumed) == 0
+    assert not (resumed / "partial").exists()
+    _assert_same_outputs(_outputs(tmp_path / "whole", list(trackers)), _outputs(resumed, list(trackers)))
 
-    # A different run into a folder holding another run's partial results is refused, not mixed in.
-    monkeypatch.setattr("difftrack.baselines.BASELINES", dict(BASELINES, lucas_kanade=interrupted))
-    calls.clear()
     other = tmp_path / "other"
-    assert tapvid_benchmark.main([*argv[:-1], str(other)]) == 130
-    assert tapvid_benchmark.main([*argv[:-3], "--protocol", "first", "--out", str(other)]) == 2
+    score_dataset(trackers, TapVidReader("davis", pickle_path).entries(), "first", other / "partial",
+                  {name: dict(run, protocol="first") for name in trackers}, limit=1, progress=False)
+    done = _run("tapvid", *argv, "--out", other)
+    assert done.returncode == 2 and "holds results of another run" in done.stderr
+    assert not (other / "summary.json").exists()
 
 
 def test_two_torchrun_processes_give_the_single_process_result(fixture_root, tmp_path):
     argv = ["--dataset", "davis", "--root", str(fixture_root), "--mode", "strided",
             "--trackers", "zero_motion,lucas_kanade"]
-    assert tapvid_benchmark.main([*argv, "--out", str(tmp_path / "single")]) == 0
+    assert tapvid(*argv, "--out", tmp_path / "single") == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             str(BENCHMARKS / "tapvid.py"), *argv, "--out", str(tmp_path / "sharded")],
+                             str(ROOT / "benchmarks" / "tapvid.py"), *map(str, argv), "--out", str(tmp_path / "sharded")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     _assert_same_outputs(_outputs(tmp_path / "single", ["zero_motion", "lucas_kanade"]),
@@ -290,32 +284,21 @@ def test_two_torchrun_processes_give_the_single_process_result(fixture_root, tmp
     (["--dataset", "kinetics", "--root", "{root}"], "holds no Kinetics shards"),
     (["--dataset", "davis", "--root", "{root}", "--limit", "0"], "--limit: must be an integer >= 1"),
 ])
-def test_bad_input_is_one_line_exit_2_and_no_output(fixture_root, tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line_exit_2_and_no_output(fixture_root, tmp_path, argv, message):
     out = tmp_path / "out"
     argv = [a.format(root=fixture_root, missing=tmp_path / "missing") for a in argv]
-    assert tapvid_benchmark.main([*argv, "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    done = _run("tapvid", *argv, "--out", out)
+    err = done.stderr
+    assert done.returncode == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not out.exists()
 
 
 def test_fixture_maker_is_deterministic(tmp_path):
     for name in ("a", "b"):
-        assert make_tapvid_fixture.main(["--out", str(tmp_path / name / "tapvid_davis.pkl"), "--num-videos", "1",
-                                         "--frames", "4", "--size", "32", "--points", "4", "--seed-offset", "7"]) == 0
+        done = _run("make_tapvid_fixture", "--out", tmp_path / name / "tapvid_davis.pkl", "--num-videos", 1,
+                    "--frames", 4, "--size", 32, "--points", 4, "--seed-offset", 7)
+        assert done.returncode == 0, done.stderr[-2000:]
     a, b = (pickle.loads((tmp_path / n / "tapvid_davis.pkl").read_bytes()) for n in ("a", "b"))
     assert list(a) == ["synthetic_000007"]
     for key in ("video", "points", "occluded"):
         assert np.array_equal(a["synthetic_000007"][key], b["synthetic_000007"][key])
-
-
-
-def test_moved_point_counts_score_only_visible_points_more_than_a_token_from_their_query():
-    moved_point_counts = load_benchmark("track_ablation").moved_point_counts
-    queries = np.array([[0, 10.0, 10.0]], np.float32)
-    target = np.array([[[10.0, 10.0], [30.0, 10.0], [50.0, 10.0], [70.0, 10.0]]], np.float32)
-    run = {"queries": queries, "target_points": target,
-           "target_occluded": np.array([[False, False, False, True]]),
-           "query_tracks": np.array([[[10.0, 10.0], [40.0, 12.0], [10.0, 10.0], [70.0, 10.0]]], np.float32)}
-    # frame 0 has not moved and frame 3 is hidden; frame 1 is within 16 px of the truth, frame 2 is not
-    assert moved_point_counts(run, 16.0).tolist() == [1, 2]

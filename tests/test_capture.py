@@ -37,19 +37,19 @@ def test_model_output_unchanged_with_capture(backbones, kind):
     assert not any(type(attn.processor).__name__ == "_CaptureProcessor" for attn in bb.layers)
 
 
-def _split_values(kind, attn, values, text_len):
+def _split_values(text_position, attn, values, text_len):
     """Split the value projections the test hooked into (video, text), each (B, H, N, D)."""
     def heads(v):
         return v.unflatten(2, (attn.heads, -1)).transpose(1, 2)
 
     v = values["to_v"]
-    if kind.startswith("cogvideox"):  # [text, video]
+    if text_position == "separate":  # self-attention over video only, text in cross-attention
+        return heads(v), None
+    if "add_v_proj" in values:  # dual stream: text has its own projections
+        return heads(v), heads(values["add_v_proj"])
+    if text_position == "first":  # [text, video]
         return heads(v[:, text_len:]), heads(v[:, :text_len])
-    if kind == "hunyuanvideo":
-        if "add_v_proj" in values:  # dual stream: text has its own projections
-            return heads(v), heads(values["add_v_proj"])
-        return heads(v[:, :-text_len]), heads(v[:, -text_len:])  # single stream: [video, text]
-    return heads(v), None  # Wan / LTX-Video self-attention: video only
+    return heads(v[:, :-text_len]), heads(v[:, -text_len:])  # [video, text]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -71,9 +71,9 @@ def test_descriptors_reproduce_the_attention_output(backbones, kind):
                 h.remove()
         desc = cap.results[(layer, 0)]
         text_len = 0 if desc.text_key is None else desc.text_key.shape[2]
-        if bb.text_position != "separate":  # Wan and LTX-Video keep text in cross-attention
+        if bb.text_position != "separate":
             assert text_len == embeds.shape[1]
-        v_video, v_text = _split_values(kind, attn, values, text_len)
+        v_video, v_text = _split_values(bb.text_position, attn, values, text_len)
         keys = desc.key if desc.text_key is None else torch.cat([desc.key, desc.text_key], dim=2)
         vals = v_video if v_text is None else torch.cat([v_video, v_text], dim=2)
         scale = desc.query.shape[-1] ** -0.5

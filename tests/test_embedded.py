@@ -125,3 +125,8 @@ def test_sample_rejects_sizes_off_the_patch_grid(models):
 
     with pytest.raises(UserError, match="multiples of 4"):
         sample(models[0], "a disc", 3, 18, 16, num_steps=1)
+
+
+def test_the_shipped_video_model_gets_its_measured_defaults():
+    video = create_backbone("tiny-video")
+    assert (video.track_layers(), video.default_track_step, video.default_cag_layers()) == ([5], (44, 50), [4, 5])

@@ -1,9 +1,12 @@
-"""Layering rules of the package: test fixtures and commands stay out of the library."""
+"""Layering rules of the package (test fixtures and commands stay out of the library) and of the programs around
+it (benchmarks and studies use the library only; tests run them as programs)."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "difftrack"
+ROOT = PACKAGE.parent
+PROGRAM_FOLDERS = ("benchmarks", "studies")
 
 
 def _imports(path: Path) -> set[str]:
@@ -76,6 +79,38 @@ def test_only_the_backbone_adapters_name_a_model_family():
     assert not offenders, offenders
 
 
+HEAVY_LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "huggingface_hub")
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Modules imported when ``path`` is imported: its module body's imports, not those inside functions or under
+    ``if TYPE_CHECKING:``."""
+    names = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                continue
+            if isinstance(child, ast.Import):
+                names.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module:
+                names.add(child.module)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return names
+
+
+def test_the_registry_and_the_family_modules_load_without_torch():
+    """The commands read the registry's facts (names, layer counts, defaults) in their argument checks, before
+    deciding to load anything heavy; tests/test_cli.py checks the same at run time."""
+    offenders = [f"{path.name} imports {name}" for path in sorted((PACKAGE / "backbones").glob("*.py"))
+                 for name in _module_level_imports(path) if name.split(".")[0] in HEAVY_LIBRARIES]
+    assert not offenders, offenders
+
+
 def test_the_family_rule_sees_a_family_named_outside_the_adapters(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text('from diffusers import CogVideoXTransformer3DModel\nif bb.family == "wan":\n    pass\n')
@@ -125,3 +160,66 @@ def test_every_module_imports_only_what_the_architecture_table_allows():
                 offenders.append(f"{rel} imports {name}")
     assert not unlisted, f"modules missing from the ARCHITECTURE.md table: {unlisted}"
     assert not offenders, offenders
+
+
+def _scripts() -> list[Path]:
+    return sorted(p for folder in PROGRAM_FOLDERS for p in (ROOT / folder).glob("*.py"))
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name
+
+
+def _script_imports(path: Path, scripts: set[str]) -> list[str]:
+    """Imports of a script of benchmarks/ or studies/ (by its module name), of the commands or of the CLI."""
+    return [f"{_name(path)} imports {name}" for name in sorted(_imports(path))
+            if name.split(".")[0] in scripts or name == "difftrack.cli" or name.startswith("difftrack.commands")]
+
+
+def _changes_sys_path(path: Path) -> list[str]:
+    return [f"{_name(path)}:{node.lineno} uses sys.path" for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"]
+
+
+def _loads_a_file_as_a_module(path: Path) -> list[str]:
+    return [f"{_name(path)}:{node.lineno} loads a file as a module" for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr in ("spec_from_file_location", "run_path")]
+
+
+def test_benchmarks_and_studies_use_the_library_only():
+    scripts = _scripts()
+    assert {"tapvid.py", "calibrate_tracker.py"} <= {p.name for p in scripts}
+    names = {p.stem for p in scripts}
+    offenders = [o for path in scripts
+                 for o in _script_imports(path, names) + _changes_sys_path(path) + _loads_a_file_as_a_module(path)]
+    assert not offenders, offenders
+
+
+def test_no_test_imports_a_script():
+    """A test runs a benchmark or a study as a program (subprocess); what it tests inside one belongs in the library."""
+    names = {p.stem for p in _scripts()}
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        offenders += [f"{path.name} imports {name}" for name in _imports(path) if name.split(".")[0] in names]
+        offenders += _loads_a_file_as_a_module(path)
+    assert not offenders, offenders
+
+
+def test_the_program_rules_see_what_they_forbid(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import sys\nimport importlib.util\nsys.path.insert(0, 'x')\nfrom tapvid import run\n"
+                      "from difftrack.cli import main\nfrom difftrack.commands.track import run\n"
+                      "importlib.util.spec_from_file_location('m', 'benchmarks/kernel.py')\n")
+    assert len(_script_imports(sample, {"tapvid"})) == 3
+    assert len(_changes_sys_path(sample)) == 1 and len(_loads_a_file_as_a_module(sample)) == 1
+
+
+def test_the_error_helpers_import_without_torch():
+    """Every program parses and checks its arguments with difftrack.errors before anything heavy loads."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import sys, difftrack.errors; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from difftrack.metrics import (METRIC_NAMES, THRESHOLDS, average_over_videos, compute_tapvid_metrics,
+from difftrack.evaluation.metrics import (METRIC_NAMES, THRESHOLDS, average_over_videos, compute_tapvid_metrics,
                                scored_frames)
 
 

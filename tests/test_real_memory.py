@@ -1,18 +1,14 @@
-"""benchmarks/real_memory.py: its peak accounting against hand-counted allocations, and one stage of a
-real config under FakeTensorMode."""
+"""difftrack.memory, which benchmarks/real_memory.py measures with: its peak accounting against hand-counted
+allocations, and one stage of a real config under FakeTensorMode."""
 
 import torch
-from benchmark_scripts import load_benchmark
 
-
-def _module():
-    return load_benchmark("real_memory")
+from difftrack.memory import PeakLiveBytes, peak_bytes
 
 
 def test_peak_live_bytes_counts_what_is_alive_at_once_and_not_the_weights():
-    real_memory = _module()
     weight = torch.zeros(256, 256)  # 256 KiB, existing before: a view of it (w.T) must not count
-    tracker = real_memory.PeakLiveBytes([weight])
+    tracker = PeakLiveBytes([weight])
     with tracker.mode:
         x = torch.ones(64, 256)  # 64 KiB
         y = x @ weight.T  # 64 KiB more: 128 KiB alive
@@ -33,12 +29,11 @@ def test_a_stage_at_real_size_runs_without_memory():
     from difftrack.backbones.cogvideox import CogVideoXBackbone
     from difftrack.testing import tiny_components
 
-    real_memory = _module()
     transformer = tiny_components("cogvideox-rope")["transformer"]
     with FakeTensorMode(allow_non_fake_inputs=True):
         vae = AutoencoderKLCogVideoX().eval()
         bb = CogVideoXBackbone("fake", transformer=transformer, scheduler=None, vae=vae)
-        peak, weights = real_memory._tracked([vae], lambda: bb.encode_video(torch.zeros(1, 49, 3, 480, 720)))
+        peak, weights = peak_bytes([vae], lambda: bb.encode_video(torch.zeros(1, 49, 3, 480, 720)))
     assert weights == sum(p.numel() * 4 for p in vae.parameters()) + sum(b.numel() * b.element_size()
                                                                          for b in vae.buffers())
     assert 0.5 * 2**30 < peak - weights < 8 * 2**30  # the tiled encode's activations, not the whole video at once

@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from difftrack.data.tapvid import TapVidReader, restricted_load, sample_queries, to_protocol
+from difftrack.data.tapvid import TapVidReader, restricted_load
 from difftrack.errors import UserError
+from difftrack.evaluation.protocols import metric_mode, sample_queries, to_protocol
 
 
 def _entry(num_frames=4, height=32, width=48, num_points=3, seed=0):
@@ -129,9 +130,7 @@ def test_protocol_resizes_frames_to_256_and_scales_normalised_points():
     entry = _entry(num_frames=2, height=48, width=96)
     entry["video"][:, :, 48:] = 255  # right half white
     entry["video"][:, :, :48] = 0
-    from difftrack.data.tapvid import TapVidVideo
-
-    frames, points = to_protocol(TapVidVideo("v", entry["video"], entry["points"], entry["occluded"]))
+    frames, points = to_protocol(entry["video"], entry["points"])
     assert frames.shape == (2, 256, 256, 3) and frames.dtype == np.uint8
     assert frames[:, :, :120].max() == 0 and frames[:, :, 136:].min() == 255
     assert np.allclose(points, entry["points"] * 256)
@@ -165,8 +164,6 @@ def test_strided_mode_queries_every_fifth_frame_where_the_track_is_visible():
 
 
 def test_release_protocol_queries_only_the_tracks_visible_on_frame_0_there_and_scores_as_first():
-    from difftrack.data.tapvid import metric_mode
-
     points = np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2)
     occluded = np.array([[False, False, True, False], [True, False, False, False], [False, True, True, True]])
     queries = sample_queries(points, occluded, "release")

@@ -220,6 +220,31 @@ def test_forwards_grow_with_video_length_not_with_query_frames(backbone):
         assert counts[frames, 4] == counts[frames, frames] <= 2 * windows  # both passes, whatever the queries
 
 
+@pytest.mark.parametrize("noise, draws", [("clean", 1), ("add", 2)])
+def test_the_progress_bar_counts_the_forwards_the_summary_reports(backbone, monkeypatch, noise, draws):
+    import difftrack.tracker as tracker_module
+
+    bars = []
+
+    class RecordingBar(tracker_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.done = 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+
+    monkeypatch.setattr(tracker_module, "tqdm", RecordingBar)
+    video = np.random.default_rng(3).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    queries = np.array([[5, 10.0, 12.0], [9, 20.0, 8.0]], np.float32)  # windows before frame 5 idle going forward
+    tracker = DiffTracker(backbone, window=4, num_steps=10, steps=[3, 5], noise=noise, noise_draws=draws)
+    tracker(video, queries, progress=True)
+    (bar,) = bars
+    assert tracker.stats.forwards < 2 * len(frame_windows(12, 4)) * 2 * draws  # some windows were skipped
+    assert bar.done == bar.total == tracker.stats.forwards
+
+
 def test_online_tracker_equals_offline_for_frame_zero_queries(backbone):
     from difftrack.tracker import DiffTrackerOnline
 
@@ -241,7 +266,7 @@ def test_online_tracker_equals_offline_for_frame_zero_queries(backbone):
 def test_caller_config_is_never_mutated_and_explicit_thresholds_win_over_calibration():
     from dataclasses import asdict
 
-    from difftrack.tracker import TrackerConfig
+    from difftrack.tracker_config import TrackerConfig
 
     config = TrackerConfig(cycle_threshold=3.0)
     before = asdict(config)

@@ -6,8 +6,17 @@ reductions and scores), :mod:`ranking` (aggregation and harmonic-mean ranking), 
 :mod:`analyzer` (one video's work) and :mod:`runner` (sharding over torchrun, resume, the merged report).
 """
 
-from difftrack.analysis.analyzer import Analyzer
-from difftrack.analysis.jobs import AnalysisConfig, VideoJob
-from difftrack.analysis.runner import run_analysis
+import importlib
 
-__all__ = ["AnalysisConfig", "Analyzer", "VideoJob", "run_analysis"]
+# Each public name imported from its stage on first use (PEP 562): `difftrack analyze` builds its jobs
+# (:mod:`jobs`) in its argument checks, before torch loads.
+_PUBLIC = {"AnalysisConfig": "difftrack.analysis.jobs", "VideoJob": "difftrack.analysis.jobs",
+           "Analyzer": "difftrack.analysis.analyzer", "run_analysis": "difftrack.analysis.runner"}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'difftrack.analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -11,9 +11,10 @@ from tqdm import tqdm
 
 from difftrack.analysis.jobs import AnalysisConfig, VideoJob, generation_size, load_video, release_tracks
 from difftrack.analysis.labellers import ExactLabeller, make_labeller
-from difftrack.analysis.metrics import StepReducer, grid_query_tokens, pck_thresholds, score_reduction
+from difftrack.analysis.metrics import StepReducer, pck_thresholds, score_reduction
 from difftrack.capture import DescriptorCapture
 from difftrack.errors import UserError
+from difftrack.evaluation.queries import token_grid
 from difftrack.noising import check_noising, prepare_latents
 
 
@@ -79,7 +80,7 @@ class Analyzer:
             known = tracks[:, visible[0]], visible[:, visible[0]]
             query_xy = geometry.pixel_to_token(known[0][0])
         else:
-            query_xy = grid_query_tokens(geometry, cfg.grid)
+            query_xy = token_grid(cfg.grid, geometry.grid_h, geometry.grid_w)
         reducer = StepReducer(geometry, query_xy, window=cfg.refine_window, backend=cfg.backend,
                               bidirectional=cfg.bidirectional,
                               **self._figure_selection(geometry, query_xy, want_figures))
@@ -113,7 +114,7 @@ class Analyzer:
         video, tracks, visible, clip = load_video(job, self.backbone, cfg)
         latents, conditioning, geometry = self.encode_real(video)
         if tracks is None:  # label a token-centre grid: exactly for generator clips, else with the labeller
-            query_xy = grid_query_tokens(geometry, cfg.grid)
+            query_xy = token_grid(cfg.grid, geometry.grid_h, geometry.grid_w)
             queries = np.concatenate([np.zeros((len(query_xy), 1)), geometry.token_to_pixel(query_xy)], 1)
             labeller = ExactLabeller(clip) if clip is not None else self.labeller
             tracks, visible = labeller(video, queries.astype(np.float32))

@@ -1,12 +1,10 @@
-"""What an analysis runs over: its configuration (hashed into the resume key), the videos (jobs),
+"""What an analysis runs over: its configuration (the run a resumed analysis must match), the videos (jobs),
 and their sources: a real video file (with tracks from `difftrack track`, or labelled), a TAP-Vid
 video, or a generator clip. Generated videos come from the sampler (:class:`Analyzer`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +17,7 @@ from difftrack.io import load_tracks, read_video
 
 @dataclass
 class AnalysisConfig:
-    """Everything that decides the numbers of one video's analysis (hashed into the resume key)."""
+    """Everything that decides the numbers of one video's analysis (a resumed run must have the same)."""
 
     model: str = DEFAULT_BACKBONE
     layers: list[int] | None = None  # None: every layer
@@ -39,9 +37,6 @@ class AnalysisConfig:
     features: bool = True
     backend: str = "auto"
     figure_points: int = 3
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -100,10 +95,11 @@ def load_video(job: VideoJob, backbone, config: AnalysisConfig):
         elif "release_tracks" in job.extra:
             tracks, visible = release_tracks(job, video.shape[1:3], len(video))
     elif job.kind == "tapvid":
-        from difftrack.data.tapvid import TapVidReader, to_protocol
+        from difftrack.data.tapvid import TapVidReader
+        from difftrack.evaluation.protocols import to_protocol
 
         sample_ = TapVidReader(job.dataset, job.path).load(job.name)
-        video, points = to_protocol(sample_)
+        video, points = to_protocol(sample_.video, sample_.points)
         tracks, visible = points.transpose(1, 0, 2), ~sample_.occluded.T
     elif job.kind == "synthetic":
         from difftrack.data.synthetic import generate_clip

@@ -20,7 +20,8 @@ Scoring rules (docs/method.md section 3):
   same 8 px for CogVideoX at 480x720 but stays meaningful for models whose tokens cover far fewer
   pixels (the embedded model's token is 4 px, where the resolution-scaled threshold is below 1 px).
 - ``_moved`` variants count only pairs whose ground truth moved more than the threshold from the
-  query position, where predicting "no motion" scores 0; ``zero_*`` is that no-motion baseline.
+  query position (:func:`~difftrack.evaluation.queries.moved_points`: in x or in y), where predicting
+  "no motion" scores 0; ``zero_*`` is that no-motion baseline.
 - feature matching uses the attention output before ``to_out`` (heads concatenated), matched through
   the same kernel (one "head", logit scale 1/sqrt(width)), so both descriptors get the same treatment.
 - confidence = max joint probability (softmax over text + all video tokens, scaled by 1/sqrt(d),
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from difftrack.capture import Descriptors, sample_descriptors
+from difftrack.evaluation.queries import moved_points
 from difftrack.geometry import TokenGeometry
 from difftrack.kernels import match
 
@@ -69,18 +71,6 @@ def pck_thresholds(geometry: TokenGeometry, height: int, width: int) -> dict[str
     scale = math.sqrt(height * width / (REFERENCE_SIZE[0] * REFERENCE_SIZE[1]))
     token = math.sqrt(geometry.stride_px[0] * geometry.stride_px[1])
     return {"pck": REFERENCE_THRESHOLD_PX * scale, "pck_token": 0.5 * token}
-
-
-def grid_query_tokens(geometry: TokenGeometry, side: int) -> np.ndarray:
-    """Frame-0 query points: a ``side`` x ``side`` grid snapped to distinct token centres, (N, 2) token units.
-
-    Snapping to token centres means each query's descriptor is exactly one token's (no interpolation)
-    and the pseudo ground truth is asked about exactly that point.
-    """
-    cols = np.unique(np.floor((np.arange(side) + 0.5) / side * geometry.grid_w).astype(np.int64))
-    rows = np.unique(np.floor((np.arange(side) + 0.5) / side * geometry.grid_h).astype(np.int64))
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    return np.stack([cc.ravel() + 0.5, rr.ravel() + 0.5], -1).astype(np.float64)
 
 
 @dataclass
@@ -185,8 +175,8 @@ def score_reduction(red: Reduction, geometry: TokenGeometry, tracks: np.ndarray,
     rgb = [int(geometry.latent_to_rgb_frame(f)) for f in frames]
     gt = tracks[rgb].transpose(1, 0, 2)  # (N, F-1, 2)
     vis = visible[rgb].T  # (N, F-1)
-    start = tracks[0][:, None, :]
-    moved_by = np.linalg.norm(gt - start, axis=-1)
+    start = tracks[0]
+    zero_motion_error = np.linalg.norm(gt - start[:, None], axis=-1)
     out: dict[str, float] = {}
     predictions = {"qk": red.qk_xy, "feat": red.feat_xy}
     for name, thr in thresholds.items():
@@ -195,8 +185,8 @@ def score_reduction(red: Reduction, geometry: TokenGeometry, tracks: np.ndarray,
                 continue
             err = np.linalg.norm(geometry.token_to_pixel(xy[:, frames]) - gt, axis=-1)
             out[f"{kind}_{name}"] = _mean(err < thr, vis)
-            out[f"{kind}_{name}_moved"] = _mean(err < thr, vis & (moved_by > thr))
-        out[f"zero_{name}"] = _mean(moved_by < thr, vis)
+            out[f"{kind}_{name}_moved"] = _mean(err < thr, vis & moved_points(gt, start, thr))
+        out[f"zero_{name}"] = _mean(zero_motion_error < thr, vis)
     other = np.array(frames, dtype=np.int64)
     cross_vis = vis.astype(np.float64)
     per_point_conf = (red.max_frames[:, other] * cross_vis).sum(1) / np.maximum(cross_vis.sum(1), 1)

@@ -15,42 +15,27 @@ Real videos - encode, then per requested step one forward on noised / clean / in
 (``--noise``), empty prompt, one branch (no CFG duplicate), stopping after the deepest requested
 layer. Queries are the ground-truth points visible on frame 0.
 
-Scale-out and resume - videos are sharded ``i % world == rank``; each finished video is written to
-``OUT/videos/<id>.json`` atomically (figure arrays first, JSON last, so a JSON marks a complete
-video); a restarted run skips every video whose JSON exists with the same configuration key. After
-a barrier rank 0 merges the per-video files in list order, so the merged result does not depend on
-how many processes ran.
+Scale-out and resume - videos are sharded ``i % world == rank``; each finished video goes to
+``OUT/videos/`` (a :class:`~difftrack.evaluation.store.ResultStore`: ``<id>.json``, and the first video's
+figure arrays as ``<id>.npz``); a restarted run skips every finished video, and a run with another
+configuration refuses a folder holding this one's. After a barrier rank 0 merges the per-video files in
+list order, so the merged result does not depend on how many processes ran.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from difftrack.analysis.analyzer import Analyzer
 from difftrack.analysis.jobs import VideoJob
 from difftrack.distributed import barrier, rank_and_world
 from difftrack.errors import UserError
-from difftrack.io import atomic_path, write_json
+from difftrack.evaluation.store import ResultStore, my_share
 
 VIDEO_DIR = "videos"
-
-
-def video_paths(out: Path, job: VideoJob) -> tuple[Path, Path]:
-    return out / VIDEO_DIR / f"{job.id}.json", out / VIDEO_DIR / f"{job.id}.figures.npz"
-
-
-def is_done(out: Path, job: VideoJob, key: str) -> bool:
-    path = video_paths(out, job)[0]
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("config_key") == key
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
 
 
 def run_analysis(analyzer: Analyzer, jobs: list[VideoJob], out: str | Path, accuracy: str = "qk_pck",
@@ -72,27 +57,22 @@ def run_analysis(analyzer: Analyzer, jobs: list[VideoJob], out: str | Path, accu
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory")
+    store = ResultStore(out / VIDEO_DIR, asdict(config))
+    store.check()
     rank, world = rank_and_world()
-    key = config.key()
-    mine = [(i, j) for i, j in enumerate(jobs) if i % world == rank]
+    mine = list(my_share(jobs, rank, world))
     for index, job in tqdm(mine, desc=f"videos (rank {rank}/{world})", unit="video", disable=not progress):
-        if is_done(out, job, key):
+        if store.load(job.id) is not None:
             continue
         record, figures = analyzer.analyze(job, want_figures=index == 0, progress=progress)
-        record["config_key"] = key
-        json_path, npz_path = video_paths(out, job)
-        json_path.parent.mkdir(parents=True, exist_ok=True)  # only now: a video that fails leaves no directory
-        if figures is not None:
-            with atomic_path(npz_path, suffix=".npz") as tmp:
-                np.savez_compressed(tmp, **figures)
-        write_json(json_path, record)
+        store.save(job.id, record, figures)
         if after_video is not None:
             after_video(job)
     barrier(world)
     merged = None
     if rank == 0:
-        records = [json.loads(video_paths(out, j)[0].read_text()) for j in jobs]
+        records = [store.load(j.id) for j in jobs]
         merged = write_report(out, records, backbone, config, analyzer.layers, analyzer.steps, accuracy, top,
-                              figures_path=video_paths(out, jobs[0])[1])
+                              figures_path=store.arrays_path(jobs[0].id))
     barrier(world)
     return merged

@@ -9,8 +9,10 @@ what it may see.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def frame_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, text_len: int,
@@ -23,6 +25,9 @@ def frame_local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     queries attend to everything. ``key_mask`` (B, S) bool (True = may be attended) drops padded
     keys. Returns (B, H, S, Dv) in the input order.
     """
+    import torch
+    import torch.nn.functional as F
+
     b, h, s, _ = query.shape
     n = s - text_len
     p = tokens_per_frame

@@ -9,9 +9,8 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, register_checkpoint, register_component_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
 from difftrack.errors import UserError
@@ -88,11 +87,13 @@ class CogVideoXBackbone(Backbone):
         return super().decode_latents(latents)
 
     # ----- text --------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_prompt(self, prompts):
+        import torch
+
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.text_tokens, truncation=True,
                              add_special_tokens=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0].to(self.dtype)
+        with torch.no_grad():
+            return self.text_encoder(ids.to(self.text_encoder.device))[0].to(self.dtype)
 
     # ----- forward -----------------------------------------------------------------------------
     def rotary_embedding(self, latents):
@@ -119,6 +120,8 @@ class CogVideoXBackbone(Backbone):
         return latents, {}
 
     def predict(self, latents, timestep, prompt_embeds, **extra):
+        import torch
+
         self.check_positions(latents)
         hidden, kwargs = self.transformer_inputs(latents, **extra)
         timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(latents.shape[0])
@@ -153,6 +156,8 @@ class CogVideoXBackbone(Backbone):
         """CogVideoXAttnProcessor2_0 with frame-local attention: [text, video], q/k norm per head, RoPE on video."""
         if attention_mask is not None:
             raise NotImplementedError("CogVideoX's transformer passes no attention mask; CAG does not combine with one")
+        import torch
+
         text_len = encoder_hidden_states.size(1)
         x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         b = x.shape[0]
@@ -185,6 +190,8 @@ class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
         return self.transformer.config.in_channels // 2
 
     def image_latents(self, latents, first_frame_latents):
+        import torch
+
         pad = torch.zeros_like(latents[:, 1:])
         return torch.cat([first_frame_latents, pad], dim=1)
 
@@ -199,6 +206,8 @@ class CogVideoXImageToVideoBackbone(CogVideoXBackbone):
         return {"image_latents": self.image_latents(latents, first.expand(latents.shape[0], -1, -1, -1, -1))}
 
     def transformer_inputs(self, latents, image_latents=None, **extra):
+        import torch
+
         if image_latents is None:
             # Analysis and tracking of a real video: condition on the video's own first latent frame.
             image_latents = self.image_latents(latents, latents[:, :1])
@@ -216,9 +225,8 @@ def _classes():
                 tokenizer=AutoTokenizer, scheduler=CogVideoXDDIMScheduler)
 
 
-load_cogvideox = register_pipeline_loader("CogVideoXPipeline")(component_loader(CogVideoXBackbone, _classes))
-load_cogvideox_i2v = register_pipeline_loader("CogVideoXImageToVideoPipeline")(
-    component_loader(CogVideoXImageToVideoBackbone, _classes))
+load_cogvideox = register_component_loader("CogVideoXPipeline", CogVideoXBackbone, _classes)
+load_cogvideox_i2v = register_component_loader("CogVideoXImageToVideoPipeline", CogVideoXImageToVideoBackbone, _classes)
 
 register_checkpoint("cogvideox-2b", "THUDM/CogVideoX-2b", load_cogvideox, CogVideoXBackbone,
                     "CogVideoX-2B text-to-video, sin-cos positions", (30, 30))
@@ -235,6 +243,7 @@ def tiny_components(rope: bool = True, i2v: bool = False, temporal_patch: int | 
                     heads: int = 2, head_dim: int = 16, text_tokens: int = 8, sample: int = 8, seed: int = 0) -> dict:
     """Components of a CogVideoX(-I2V) pipeline: 8x spatial / 4x temporal VAE, 16 latent channels, ``layers`` blocks; with
     ``temporal_patch`` 2, CogVideoX 1.5's tokens of two latent frames (and its bias-free patch embedding)."""
+    import torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
@@ -257,9 +266,13 @@ def tiny_components(rope: bool = True, i2v: bool = False, temporal_patch: int | 
             "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-register_tiny_config("cogvideox-sincos", partial(tiny_components, rope=False), "CogVideoXPipeline", CogVideoXBackbone)
-register_tiny_config("cogvideox-rope", partial(tiny_components, rope=True), "CogVideoXPipeline", CogVideoXBackbone)
+# Every CogVideoX checkpoint's: a 4x temporal, 8x spatial VAE and 2x2 patches.
+CHECKPOINT_GEOMETRY = {"compression": (4, 8), "patch_size": 2}
+register_tiny_config("cogvideox-sincos", partial(tiny_components, rope=False), "CogVideoXPipeline", CogVideoXBackbone,
+                     **CHECKPOINT_GEOMETRY)
+register_tiny_config("cogvideox-rope", partial(tiny_components, rope=True), "CogVideoXPipeline", CogVideoXBackbone,
+                     **CHECKPOINT_GEOMETRY)
 register_tiny_config("cogvideox-1.5", partial(tiny_components, rope=True, temporal_patch=2), "CogVideoXPipeline",
-                     CogVideoXBackbone)
+                     CogVideoXBackbone, **CHECKPOINT_GEOMETRY)
 register_tiny_config("cogvideox-i2v", partial(tiny_components, rope=True, i2v=True), "CogVideoXImageToVideoPipeline",
-                     CogVideoXImageToVideoBackbone)
+                     CogVideoXImageToVideoBackbone, **CHECKPOINT_GEOMETRY)

@@ -19,7 +19,6 @@ class CrossAttentionTextMixin:
                  max_sequence_length: int | None = None):
         super().__init__(name, transformer, scheduler, vae, text_encoder, tokenizer, source)
         self.max_sequence_length = max_sequence_length or self.default_max_sequence_length
-        self._pipeline = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

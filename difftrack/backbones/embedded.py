@@ -1,7 +1,8 @@
 """The embedded models: a tiny CogVideoX-architecture DiT trained here on procedural videos, and its image twin.
 
 Both are stock diffusers ``CogVideoXTransformer3DModel``s working directly on pixels (3 channels,
-patch 4, 64x64 frames, 3D RoPE, no temporal compression), conditioned through a word-level
+patch 4, 64x64 frames for the shipped ones, a trained model's own size and patch otherwise; 3D RoPE, no temporal
+compression), conditioned through a word-level
 tokenizer and a one-layer T5 encoder, with a rectified-flow ``FlowMatchEulerDiscreteScheduler``.
 There is no VAE: the "latents" are the [-1, 1] pixels resized to the native frame size.
 
@@ -16,9 +17,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from difftrack.backbones import load_component, register_backbone, register_pipeline_loader
 from difftrack.backbones.base import ProcessorCall
 from difftrack.backbones.cogvideox import CogVideoXBackbone
@@ -32,16 +30,18 @@ EMBEDDED_TRACKER_SETTINGS = {"noise": "add", "refine_window": 0, "temporal": "vi
 
 
 def model_config(layers: int = 6, heads: int = 4, head_dim: int = 32, size: int = 64, frames: int = 8,
-                 text_tokens: int = 24, text_dim: int = 32) -> dict:
-    """Transformer config of the embedded models (``frames``: the clip length it is trained on)."""
+                 text_tokens: int = 24, text_dim: int = 32, patch: int = 4) -> dict:
+    """Transformer config of the embedded models (``frames``: the clip length it is trained on; ``size`` and
+    ``patch``: its frame side and patch side in pixels, which the adapter reads back from the saved config)."""
     return dict(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=3, out_channels=3,
                 time_embed_dim=128, text_embed_dim=text_dim, num_layers=layers, sample_width=size,
-                sample_height=size, sample_frames=frames, patch_size=4, temporal_compression_ratio=1,
+                sample_height=size, sample_frames=frames, patch_size=patch, temporal_compression_ratio=1,
                 max_text_seq_length=text_tokens, use_rotary_positional_embeddings=True)
 
 
 def build_components(config: dict, seed: int = 0) -> dict:
     """Fresh (randomly initialised) components for training."""
+    import torch
     from diffusers import CogVideoXTransformer3DModel, FlowMatchEulerDiscreteScheduler
 
     from difftrack.data.synthetic import VOCABULARY
@@ -57,6 +57,8 @@ def build_components(config: dict, seed: int = 0) -> dict:
 
 def save_components(components: dict, path, frames_per_sample: int, extra: dict | None = None) -> None:
     """Write components as subfolders plus a model_index.json that ``create_backbone(path)`` understands."""
+    import torch
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for name, comp in components.items():
@@ -110,21 +112,22 @@ class EmbeddedBackbone(CogVideoXBackbone):
         return super().geometry(latents, text_tokens, frame_size or tuple(latents.shape[-2:]), frame_as_latent,
                                 rgb_frames)
 
-    @torch.no_grad()
     def encode_video(self, video, frame_as_latent=False, generator=None):
         # A pixel-space model has no posterior to sample: ``generator`` changes nothing.
+        import torch
+        import torch.nn.functional as F
+
         b, t, c, h, w = video.shape
         if c != 3:
             raise UserError(f"{self.name} takes RGB videos (3 channels), got {c} channels")
-        frames = video.reshape(b * t, c, h, w).to(self.device, torch.float32)
+        frames = video.detach().reshape(b * t, c, h, w).to(self.device, torch.float32)
         if (h, w) != self.native_size:
             frames = F.interpolate(frames, size=self.native_size, mode="bilinear", align_corners=False,
                                    antialias=True)
         return frames.reshape(b, t, c, *self.native_size).to(self.dtype)
 
-    @torch.no_grad()
     def decode_latents(self, latents):
-        return latents.float().clamp(-1, 1)
+        return latents.detach().float().clamp(-1, 1)
 
     def describe(self):
         return {**super().describe(), "native_size": list(self.native_size), "max_frames": self.max_frames,
@@ -152,6 +155,8 @@ class EmbeddedImageBackbone(EmbeddedBackbone):
         self._frames = 1
 
     def predict(self, latents, timestep, prompt_embeds, **extra):
+        import torch
+
         b, f = latents.shape[:2]
         self._frames = f
         timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(b)
@@ -177,8 +182,9 @@ class EmbeddedImageBackbone(EmbeddedBackbone):
         return feat.reshape(feat.shape[0] // f, f * feat.shape[1], feat.shape[2])
 
 
-def load_embedded(where, dtype=torch.float32, device="cpu", name=None):
-    """Load an embedded-model directory written by :func:`save_components`."""
+def load_embedded(where, dtype=None, device="cpu", name=None):
+    """Load an embedded-model directory written by :func:`save_components` (float32 unless ``dtype`` says)."""
+    import torch
     from diffusers import CogVideoXTransformer3DModel, FlowMatchEulerDiscreteScheduler
     from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
@@ -189,6 +195,7 @@ def load_embedded(where, dtype=torch.float32, device="cpu", name=None):
                         f"`difftrack train-tiny` or reinstall difftrack")
     with open(index_path) as fh:
         info = json.load(fh)
+    dtype = dtype or torch.float32
     transformer = load_component(CogVideoXTransformer3DModel, where, "transformer", torch_dtype=dtype)
     text_encoder = load_component(T5EncoderModel, where, "text_encoder", dtype=dtype)
     tokenizer = load_component(PreTrainedTokenizerFast, where, "tokenizer")
@@ -199,7 +206,7 @@ def load_embedded(where, dtype=torch.float32, device="cpu", name=None):
     return cls(name or where, transformer, scheduler, None, text_encoder, tokenizer, source=where, info=info)
 
 
-register_pipeline_loader(PIPELINE_CLASS)(load_embedded)
+register_pipeline_loader(PIPELINE_CLASS, adapter=EmbeddedBackbone)(load_embedded)
 
 
 def _embedded_present(name: str):

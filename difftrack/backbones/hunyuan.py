@@ -9,13 +9,11 @@ processor applies per-head RMS q/k norm, then RoPE to the video tokens only (``s
 
 from __future__ import annotations
 
-import torch
-
-from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, register_checkpoint, register_component_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.attention import frame_local_attention
-from difftrack.backbones.base import Component
 from difftrack.backbones.flow import FlowMatchingMixin
+from difftrack.backbones.offload import Component
 
 HUB_ID = "hunyuanvideo-community/HunyuanVideo"
 
@@ -27,6 +25,7 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     pipeline_default_size = (129, 720, 1280)  # HunyuanVideoPipeline's defaults
     trained_latent_frames = 33  # the stock pipeline's 129 RGB frames
     text_position = "last"
+    stock_pipeline = "HunyuanVideoPipeline"
     # docs/method.md section 4: block 16 (dual-stream) at step 29 of 30; 20 dual + 40 single blocks, 24 heads.
     # The release tracks HunyuanVideo as it tracks CogVideoX: 480x720 frames, 13 frames per forward.
     method_defaults = {(60, 24): {"track_layers": (16,), "track_step": (29, 30), "paper_size": (480, 720),
@@ -43,7 +42,6 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         self.tokenizer_2 = tokenizer_2
         self.max_sequence_length = max_sequence_length
         self.guidance_scale = guidance_scale
-        self._pipeline = None
 
     @property
     def layers(self):
@@ -61,18 +59,6 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1], device=device)
 
     # ----- text --------------------------------------------------------------------------------
-    @property
-    def pipeline(self):
-        """A stock HunyuanVideoPipeline over the same component objects, for its own prompt encoding."""
-        if self._pipeline is None:
-            from diffusers import HunyuanVideoPipeline
-
-            self._pipeline = HunyuanVideoPipeline(
-                text_encoder=self.text_encoder, tokenizer=self.tokenizer, transformer=self.transformer, vae=self.vae,
-                scheduler=self.scheduler, text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2)
-        return self._pipeline
-
-    @torch.no_grad()
     def encode_conditioning(self, prompts):
         """Llama hidden states (text tokens), CLIP pooled projection and the text mask, as the stock pipeline makes them.
 
@@ -80,8 +66,11 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
         out of every attention, so the prediction is unchanged, and the text tokens the capture hands
         out (text_key, geometry) are then the real ones for a single prompt.
         """
-        embeds, pooled, mask = self.pipeline.encode_prompt(list(prompts), device=self.device, dtype=self.dtype,
-                                                           max_sequence_length=self.max_sequence_length)
+        import torch
+
+        with torch.no_grad():
+            embeds, pooled, mask = self.pipeline.encode_prompt(list(prompts), device=self.device, dtype=self.dtype,
+                                                               max_sequence_length=self.max_sequence_length)
         keep = max(int(mask.sum(dim=1).max()), 1)
         if mask[:, keep:].any():  # not right-padded: nothing can be dropped safely
             keep = mask.shape[1]
@@ -93,6 +82,8 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     # ----- forward -----------------------------------------------------------------------------
     def predict(self, latents, timestep, prompt_embeds, pooled_projections=None, prompt_attention_mask=None,
                 guidance_scale=None, **extra):
+        import torch
+
         if pooled_projections is None:
             raise ValueError("HunyuanVideo needs the CLIP pooled projection: get it with "
                              "backbone.encode_conditioning(prompts) and pass its extras to predict")
@@ -142,6 +133,7 @@ class HunyuanVideoBackbone(FlowMatchingMixin, Backbone):
     def perturbed_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
                             tokens_per_frame):
         """HunyuanVideoAttnProcessor2_0 with frame-local attention: [video, text], dual- or single-stream."""
+        import torch
         from diffusers.models.embeddings import apply_rotary_emb
 
         text_len = encoder_hidden_states.shape[1]
@@ -190,7 +182,7 @@ def _classes():
                 scheduler=FlowMatchEulerDiscreteScheduler)
 
 
-load_hunyuan_video = register_pipeline_loader("HunyuanVideoPipeline")(component_loader(HunyuanVideoBackbone, _classes))
+load_hunyuan_video = register_component_loader("HunyuanVideoPipeline", HunyuanVideoBackbone, _classes)
 
 register_checkpoint("hunyuanvideo", HUB_ID, load_hunyuan_video, HunyuanVideoBackbone,
                     "HunyuanVideo text-to-video, 20 dual- + 40 single-stream blocks, text last, 3D RoPE", (60, 24))
@@ -201,6 +193,7 @@ def tiny_components(layers: int = 1, single_layers: int = 1, heads: int = 2, hea
                     seed: int = 0) -> dict:
     """Components of a HunyuanVideoPipeline: 8x spatial / 4x temporal VAE, 16 latent channels, dual- and
     single-stream blocks."""
+    import torch
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
     torch.manual_seed(seed)
@@ -226,4 +219,5 @@ def tiny_components(layers: int = 1, single_layers: int = 1, heads: int = 2, hea
             "scheduler": scheduler}
 
 
-register_tiny_config("hunyuanvideo", tiny_components, "HunyuanVideoPipeline", HunyuanVideoBackbone)
+register_tiny_config("hunyuanvideo", tiny_components, "HunyuanVideoPipeline", HunyuanVideoBackbone, compression=(4, 8),
+                     patch_size=2)

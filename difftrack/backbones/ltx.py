@@ -13,9 +13,8 @@ VAE compresses 32x in space and 8x in time; its latents are normalised per chann
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, register_checkpoint, register_component_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.cross_text import CrossAttentionTextMixin
 from difftrack.backbones.flow import FlowMatchingMixin
@@ -29,6 +28,7 @@ class LTXVideoBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
     pipeline_default_size = (161, 512, 704)  # LTXPipeline's defaults
     trained_latent_frames = 21  # the stock pipeline's 161 RGB frames
     display_name = "LTX-Video"
+    stock_pipeline = "LTXPipeline"
     default_max_sequence_length = 128  # LTXPipeline's
 
     @property
@@ -59,43 +59,27 @@ class LTXVideoBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), device=device, **kwargs)
 
     # ----- video <-> latents -------------------------------------------------------------------
-    def _latent_stats(self, like: torch.Tensor):
-        shape = (1, 1, -1, 1, 1)  # (B, F, C, h, w) layout
-        return (self.vae.latents_mean.to(like).view(shape), self.vae.latents_std.to(like).view(shape),
-                self.vae.config.scaling_factor)
+    def latent_statistics(self):
+        return self.vae.latents_mean, self.vae.latents_std, self.vae.config.scaling_factor
 
-    def normalize_latents(self, latents):
-        mean, std, scale = self._latent_stats(latents)
-        return (latents - mean) * scale / std
-
-    def denormalize_latents(self, latents):
-        mean, std, scale = self._latent_stats(latents)
-        return latents * std / scale + mean
-
-    @torch.no_grad()
     def decode_latents(self, latents):
+        import torch
+
         lat = self.denormalize_latents(latents.to(self.vae.dtype)).permute(0, 2, 1, 3, 4)
         timestep = None
         if self.vae.config.timestep_conditioning:  # the stock pipeline's default decode_timestep 0
             timestep = torch.zeros(lat.shape[0], device=lat.device, dtype=lat.dtype)
-        return self.vae.decode(lat, timestep, return_dict=False)[0].permute(0, 2, 1, 3, 4).clamp(-1, 1)
+        with torch.no_grad():
+            return self.vae.decode(lat, timestep, return_dict=False)[0].permute(0, 2, 1, 3, 4).clamp(-1, 1)
 
     # ----- text --------------------------------------------------------------------------------
-    @property
-    def pipeline(self):
-        """A stock LTXPipeline over the same component objects, for its own prompt encoding."""
-        if self._pipeline is None:
-            from diffusers import LTXPipeline
-
-            self._pipeline = LTXPipeline(scheduler=self.scheduler, vae=self.vae, text_encoder=self.text_encoder,
-                                         tokenizer=self.tokenizer, transformer=self.transformer)
-        return self._pipeline
-
-    @torch.no_grad()
     def encode_conditioning(self, prompts):
-        embeds, mask, _, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
-                                                         max_sequence_length=self.max_sequence_length,
-                                                         device=self.device, dtype=self.dtype)
+        import torch
+
+        with torch.no_grad():
+            embeds, mask, _, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                                                             max_sequence_length=self.max_sequence_length,
+                                                             device=self.device, dtype=self.dtype)
         return embeds, {"prompt_attention_mask": mask}
 
     def encode_prompt(self, prompts):
@@ -103,6 +87,8 @@ class LTXVideoBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
 
     # ----- forward -----------------------------------------------------------------------------
     def predict(self, latents, timestep, prompt_embeds, prompt_attention_mask=None, **extra):
+        import torch
+
         b, f, c, h, w = latents.shape
         timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(b)
         sc, tc = self.spatial_compression, self.temporal_compression
@@ -137,7 +123,7 @@ def _classes():
                 tokenizer=AutoTokenizer, scheduler=FlowMatchEulerDiscreteScheduler)
 
 
-load_ltx_video = register_pipeline_loader("LTXPipeline")(component_loader(LTXVideoBackbone, _classes))
+load_ltx_video = register_component_loader("LTXPipeline", LTXVideoBackbone, _classes)
 
 register_checkpoint("ltx-video", HUB_ID, load_ltx_video, LTXVideoBackbone,
                     "LTX-Video 2B text-to-video, 32x32x8 VAE, 3D RoPE self-attention, text via separate cross-attention", (28, 32))
@@ -147,6 +133,7 @@ register_checkpoint("ltx-video", HUB_ID, load_ltx_video, LTXVideoBackbone,
 def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> dict:
     """Components of an LTXPipeline: LTX VAE (32x spatial / 8x temporal, 128 latent channels), T5 text encoder,
     shifted flow schedule."""
+    import torch
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
 
     from difftrack.text import tiny_text_stack
@@ -167,4 +154,4 @@ def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: i
             "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-register_tiny_config("ltx-video", tiny_components, "LTXPipeline", LTXVideoBackbone)
+register_tiny_config("ltx-video", tiny_components, "LTXPipeline", LTXVideoBackbone, compression=(8, 32), patch_size=1)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = 1
 _EDGE = 2**20
@@ -47,6 +49,7 @@ def cache_key(backbone) -> str | None:
 
 
 def empty_conditioning(backbone) -> tuple[torch.Tensor, dict]:
+    import torch
     from safetensors.torch import load_file, save_file
 
     from difftrack.io import atomic_path

@@ -1,8 +1,8 @@
 """Per-model settings that benchmarks and analyses write and commands read, read in this one place
-through the backbone (:meth:`Backbone.occlusion_thresholds`, :meth:`Backbone.recommendation`):
+through the backbone (:class:`ModelSettings`: ``occlusion_thresholds``, ``recommendation``, ``revision``):
 
 - the tracker's occlusion calibration, ``difftrack/calibration/<model>.json``, written by
-  ``benchmarks/calibrate_tracker.py``;
+  ``studies/calibrate_tracker.py``;
 - the analysis recommendation, ``recommendation.json``, written by ``difftrack analyze --out DIR`` and
   shipped inside a model directory for ``--layers auto``.
 """
@@ -63,3 +63,42 @@ def read_recommendation(path: str | Path) -> dict:
         raise UserError(f"no analysis recommendation at {path}; run `difftrack analyze --out DIR` first "
                         f"and pass --recommendation DIR, or give explicit layers")
     return json.loads(path.read_text())
+
+
+class ModelSettings:
+    """Backbone mixin: the settings files of the model at ``source``, and which weights it holds."""
+
+    def shipped_recommendation(self) -> Path | None:
+        """recommendation.json shipped inside a local model directory (what `--layers auto` reads by default)."""
+        path = Path(self.source) / "recommendation.json" if self.source else None
+        return path if path is not None and path.is_file() else None
+
+    def recommendation(self, path=None) -> tuple[list[int], list[int] | None, int | None]:
+        """Layers, steps and the schedule length they index, as `difftrack analyze` recommends them: from
+        ``path`` (recommendation.json or its directory), or the one shipped with the model."""
+        if path is None:
+            path = self.shipped_recommendation()
+            if path is None:
+                raise UserError(f"`auto` layers need --recommendation DIR (from `difftrack analyze --out DIR`); "
+                                f"{self.name} ships no recommendation.json")
+        rec = read_recommendation(path)
+        return self.check_layers(rec["layers"]), rec.get("steps"), rec.get("num_steps")
+
+    def occlusion_thresholds(self) -> dict[str, float]:
+        """The tracker's calibrated occlusion thresholds for this model (difftrack/calibration/)."""
+        return occlusion_thresholds(self.name)
+
+    def revision(self) -> str:
+        """Which weights these are: a hub snapshot's commit (the cache's snapshots/<commit>), else a digest of the
+        directory's model_index.json and transformer config (equal weights' directories share configs, so it
+        names the architecture and the source path names the copy)."""
+        import hashlib
+
+        path = Path(self.source) if self.source else None
+        if path is not None and path.parent.name == "snapshots":
+            return path.name
+        digest = hashlib.sha256()
+        for part in ("model_index.json", "transformer/config.json"):
+            if path is not None and (path / part).is_file():
+                digest.update((path / part).read_bytes())
+        return f"config-sha256:{digest.hexdigest()[:16]}"

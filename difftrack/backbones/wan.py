@@ -9,12 +9,15 @@ cos/sin formula inside ``WanAttnProcessor`` (rebuilt in :func:`wan_rotary`).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from difftrack.backbones import Backbone, ProcessorCall, component_loader, register_checkpoint, register_pipeline_loader
+from difftrack.backbones import Backbone, ProcessorCall, register_checkpoint, register_component_loader
 from difftrack.backbones import register_tiny_config
 from difftrack.backbones.cross_text import CrossAttentionTextMixin
 from difftrack.backbones.flow import FlowMatchingMixin
+
+if TYPE_CHECKING:
+    import torch
 
 HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
@@ -22,6 +25,8 @@ HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
     """Wan's RoPE on (B, S, H, D): channel pairs (2i, 2i + 1) rotate by the angle whose cos/sin the
     rotary module repeats at (2i, 2i + 1); the same formula as the stock WanAttnProcessor."""
+    import torch
+
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos = freqs_cos[..., 0::2]
     sin = freqs_sin[..., 1::2]
@@ -33,12 +38,12 @@ def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
 
 class WanBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
     family = "wan"
+    stock_pipeline = "WanPipeline"
     vae_compression_keys = ("scale_factor_spatial", "scale_factor_temporal")
     pipeline_default_size = (81, 480, 832)  # WanPipeline's defaults
     trained_latent_frames = 21  # the stock pipeline's 81 RGB frames
     display_name = "Wan"
     default_max_sequence_length = 512
-    pipeline_settings: dict = {}  # WanPipeline's own settings (model_index.json entries that are no component)
 
     @property
     def layers(self):
@@ -52,42 +57,24 @@ class WanBackbone(CrossAttentionTextMixin, FlowMatchingMixin, Backbone):
         return p_h
 
     # ----- video <-> latents -------------------------------------------------------------------
-    def _latent_stats(self, like: torch.Tensor):
+    def latent_statistics(self):
         cfg = self.vae.config
-        shape = (1, 1, cfg.z_dim, 1, 1)  # (B, F, C, h, w) layout
-        mean = torch.tensor(cfg.latents_mean, device=like.device, dtype=like.dtype).view(shape)
-        std = torch.tensor(cfg.latents_std, device=like.device, dtype=like.dtype).view(shape)
-        return mean, std
-
-    def normalize_latents(self, latents):
-        mean, std = self._latent_stats(latents)
-        return (latents - mean) / std
-
-    def denormalize_latents(self, latents):
-        mean, std = self._latent_stats(latents)
-        return latents * std + mean
+        return cfg.latents_mean, cfg.latents_std, 1.0  # the stock pipeline's (latents - mean) / std
 
     # ----- text --------------------------------------------------------------------------------
-    @property
-    def pipeline(self):
-        """A stock WanPipeline over the same component objects, for its own prompt encoding."""
-        if self._pipeline is None:
-            from diffusers import WanPipeline
-
-            self._pipeline = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                                         transformer=self.transformer, vae=self.vae, scheduler=self.scheduler,
-                                         **self.pipeline_settings)
-        return self._pipeline
-
-    @torch.no_grad()
     def encode_prompt(self, prompts):
-        embeds, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
-                                                max_sequence_length=self.max_sequence_length,
-                                                device=self.device, dtype=self.dtype)
+        import torch
+
+        with torch.no_grad():
+            embeds, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                                                    max_sequence_length=self.max_sequence_length,
+                                                    device=self.device, dtype=self.dtype)
         return embeds
 
     # ----- forward -----------------------------------------------------------------------------
     def predict(self, latents, timestep, prompt_embeds, **extra):
+        import torch
+
         b = latents.shape[0]
         timestep = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(b)
         out = self.transformer(hidden_states=latents.permute(0, 2, 1, 3, 4), timestep=timestep,
@@ -119,7 +106,7 @@ def wan_classes():
 
 
 # The stock pipeline runs the Wan VAE in float32 whatever the transformer's dtype.
-load_wan = register_pipeline_loader("WanPipeline")(component_loader(WanBackbone, wan_classes, float32=("vae",)))
+load_wan = register_component_loader("WanPipeline", WanBackbone, wan_classes, float32=("vae",))
 
 register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
                     "Wan 2.1 text-to-video 1.3B, 3D RoPE self-attention, text via separate cross-attention", (30, 12))
@@ -128,6 +115,7 @@ register_checkpoint("wan2.1-t2v-1.3b", HUB_ID, load_wan, WanBackbone,
 # ----- tiny test configuration: the stock classes at tiny width, the checkpoints' geometry ----------
 def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> dict:
     """Components of a WanPipeline: Wan VAE (8x spatial / 4x temporal, 16 latent channels), UMT5 text encoder."""
+    import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(seed)
@@ -148,4 +136,4 @@ def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: i
             "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-register_tiny_config("wan", tiny_components, "WanPipeline", WanBackbone)
+register_tiny_config("wan", tiny_components, "WanPipeline", WanBackbone, compression=(4, 8), patch_size=2)

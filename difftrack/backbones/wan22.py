@@ -56,7 +56,7 @@ def is_wan22(directory: str) -> bool:
 _load_components = component_loader(Wan22Backbone, wan_classes, float32=("vae",))
 
 
-@register_pipeline_loader("WanPipeline", claims=is_wan22)
+@register_pipeline_loader("WanPipeline", adapter=Wan22Backbone, claims=is_wan22)
 def load_wan22(where, **kwargs):
     if _has_two_experts(_pipeline_index(where)):
         raise UserError(f"{where} is a Wan 2.2 pipeline with two experts (transformer and transformer_2, the "
@@ -96,4 +96,5 @@ def tiny_components(layers: int = 2, heads: int = 2, head_dim: int = 16, seed: i
             "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-register_tiny_config("wan2.2", tiny_components, "WanPipeline", Wan22Backbone, Wan22Backbone.pipeline_settings)
+register_tiny_config("wan2.2", tiny_components, "WanPipeline", Wan22Backbone, compression=(4, 16), patch_size=2,
+                     pipeline_kwargs=Wan22Backbone.pipeline_settings)

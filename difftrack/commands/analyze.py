@@ -166,17 +166,19 @@ def release_jobs(args) -> list:
 
 
 def run(args):
-    from difftrack.analysis import AnalysisConfig, Analyzer, run_analysis
-    from difftrack.analysis.jobs import default_real_frames
     from difftrack.io import read_prompts
 
-    # Everything that can be checked without the model's weights, before they load:
+    # Everything that can be checked without the model's weights (and without torch), before they load:
     prompts = read_prompts(args.prompts) if args.prompts else None
     layers, steps = _indices(args.layers, "--layers"), _indices(args.steps, "--steps")
     check_known_layers(args.model, layers)
     for step in steps or ():
         check_step(step, args.num_steps)
     jobs, lengths = build_jobs(args, prompts)
+
+    from difftrack.analysis import AnalysisConfig, Analyzer, run_analysis
+    from difftrack.analysis.jobs import default_real_frames
+
     backbone = difftrack.create_backbone(args.model, **backbone_options(args))
     config = AnalysisConfig(
         model=args.model, layers=layers, steps=steps,

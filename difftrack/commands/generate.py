@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import difftrack
-from difftrack.backbones import DEFAULT_BACKBONE, check_known_layers
+from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.commands import check_layers_before_loading, chosen_layers
 from difftrack.errors import UserError
 from difftrack.guidance import GUIDANCE_MODES, GuidanceConfig, check_cag_support
 from difftrack.io import atomic_path, read_image, read_prompts, write_video
@@ -54,11 +55,13 @@ def add_arguments(p):
     p.add_argument("--cfg-scale", type=number(min=0), default=6.0, metavar="W", help="classifier-free guidance weight w_cfg (default 6)")
     p.add_argument("--cag-scale", type=number(min=0), default=1.0, metavar="S", help="CAG weight s_cag (default 1.0)")
     p.add_argument("--cag-layers", nargs="+", default=None, metavar="L",
-                   help="0-based attention layers perturbed by CAG, or `auto` (reads --recommendation); default: "
+                   help="0-based attention layers perturbed by CAG, or `auto` (reads --recommendation, else the "
+                        "recommendation shipped with the model); default: "
                         "the method's CAG layers for the model's architecture where known (`difftrack models` lists "
                         "them), else its middle layers")
     p.add_argument("--recommendation", metavar="DIR",
-                   help="analysis directory (or its recommendation.json) for --cag-layers auto")
+                   help="analysis directory (or its recommendation.json) for --cag-layers auto; default: the "
+                        "one shipped with the model, if any")
     p.add_argument("--cag-steps", nargs=2, type=integer(min=0), default=None, metavar=("START", "STOP"),
                    help="apply CAG only at step indices START <= i < STOP (default: every step)")
     p.add_argument("--sequential-branches", action="store_true",
@@ -72,28 +75,6 @@ def add_arguments(p):
     p.add_argument("--fps", type=number(min=0, min_inclusive=False), default=8.0, help="frame rate of the written MP4 (default 8)")
     p.add_argument("--out", default=None,
                    help="output MP4 for one video (default generated.mp4); an existing directory for several")
-
-
-def resolve_cag_layers(values, recommendation, backbone) -> list[int]:
-    if values is None:
-        return backbone.default_cag_layers()
-    if values == ["auto"]:
-        if recommendation is None:
-            raise UserError("--cag-layers auto needs --recommendation DIR (from `difftrack analyze --out DIR`)")
-        return backbone.recommendation(recommendation)[0]
-    return checked_cag_layers(values, backbone.check_layers)
-
-
-def checked_cag_layers(values: list[str], check) -> list[int]:
-    """--cag-layers given as integers, through ``check`` (a layer-range check that returns them)."""
-    try:
-        layers = [int(v) for v in values]
-    except ValueError:
-        raise UserError(f"--cag-layers takes integers or `auto`, got {' '.join(values)}") from None
-    try:
-        return check(layers)
-    except UserError as exc:
-        raise UserError(f"--cag-layers: {exc}") from None
 
 
 def _slug(text: str) -> str:
@@ -117,8 +98,6 @@ def plan_outputs(args, prompts: list[str]) -> list[tuple[str, int, Path]]:
 
 
 def run(args):
-    from difftrack.sampling import sample
-
     cfg_scale, cag_scale = args.cfg_scale, args.cag_scale
     if args.prompts_file is not None:
         prompts = read_prompts(args.prompts_file)
@@ -128,8 +107,10 @@ def run(args):
         prompts = [args.prompt]
     jobs = plan_outputs(args, prompts)
     image = read_image(args.image) if args.image else None
-    if args.guidance == "cag" and args.cag_layers not in (None, ["auto"]):  # before the model loads
-        checked_cag_layers(args.cag_layers, lambda layers: check_known_layers(args.model, layers))
+    if args.guidance == "cag":
+        check_layers_before_loading(args.model, args.cag_layers, "--cag-layers")
+
+    from difftrack.sampling import sample
 
     options = backbone_options(args)
     if args.offload and options["device"].type != "cuda":
@@ -142,7 +123,10 @@ def run(args):
         backbone = difftrack.create_backbone(args.model, **options)
     if args.guidance == "cag":
         check_cag_support(backbone)
-    layers = resolve_cag_layers(args.cag_layers, args.recommendation, backbone) if args.guidance == "cag" else []
+    layers = []
+    if args.guidance == "cag":
+        layers = chosen_layers(args.cag_layers, "--cag-layers", args.recommendation, backbone)[0]
+        layers = backbone.default_cag_layers() if layers is None else layers
     backbone.check_prompt_words(prompts + [args.negative_prompt])
     guidance = GuidanceConfig(args.guidance, cfg_scale, cag_scale, tuple(layers),
                               tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)

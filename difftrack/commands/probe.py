@@ -32,16 +32,17 @@ import numpy as np
 import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_TWIN, check_known_layers
 from difftrack.errors import UserError
+from difftrack.evaluation.seeds import PROBE_EVAL_SEED_START
 from difftrack.drawing import draw_labels_and_points, readable_scale
 from difftrack.io import atomic_directory, atomic_path, read_keypoints, read_label_map, read_video, write_json
 from difftrack.io import write_video
 from difftrack.noising import NOISE_MODES, check_noising
 from difftrack.options import add_device_arguments, backbone_options, check_output_dir, check_output_file, integer
 from difftrack.options import number, output_dir, output_file, output_prefix, positive, prefix_for, seed
+from difftrack.probe import TASKS
 
 DEFAULT_STEP = 40
 DEFAULT_SWEEP_STEPS = (10, 25, 40)
-EVAL_SEED_START = 100_000  # held-out generator videos; training videos start at 0
 SYNTHETIC_FRAMES = 8  # the embedded models' clip length
 
 
@@ -148,8 +149,6 @@ def _propagation_args(p):
 
 
 def _study_args(p, default_out: str | None = None):
-    from difftrack.probe.tasks import TASKS
-
     add_device_arguments(p)
     p.add_argument("--num-steps", type=positive, default=50, help="length of the schedule the steps index (default 50)")
     p.add_argument("--noise", choices=NOISE_MODES, default="add", help="add noise (default), clean, or invert")
@@ -158,8 +157,8 @@ def _study_args(p, default_out: str | None = None):
     _kind_arg(p)
     p.add_argument("--eval-videos", type=positive, default=6, help="held-out generator videos scored (default 6)")
     p.add_argument("--train-videos", type=integer(min=0), default=24, help="generator videos the probe trains on (default 24)")
-    p.add_argument("--eval-seed-start", type=seed, default=EVAL_SEED_START,
-                   help=f"first held-out video seed (default {EVAL_SEED_START})")
+    p.add_argument("--eval-seed-start", type=seed, default=PROBE_EVAL_SEED_START,
+                   help=f"first held-out video seed (default {PROBE_EVAL_SEED_START})")
     p.add_argument("--train-seed-start", type=seed, default=0, help="first training video seed (default 0)")
     p.add_argument("--frames", type=integer(min=2), default=8, help="frames per generator video (default 8)")
     _propagation_args(p)
@@ -234,12 +233,13 @@ def _seed_range(seeds):
 # ----- features ------------------------------------------------------------------------------
 
 def run_features(args):
-    from difftrack.probe.features import FeatureSpec, check_spec, extract_features
-
     _check_blocks([args.model], args.block)
     video, _ = read_video(args.video, allow_short=args.allow_short_video)
     out = Path(args.out) if args.out else check_output_file(
         Path(args.video).with_name(Path(args.video).stem + "_features.npz"))
+
+    from difftrack.probe.features import FeatureSpec, check_spec, extract_features
+
     backbone = _load(args.model, args)
     spec = FeatureSpec(blocks=tuple(args.block), kinds=tuple(args.kinds), step=args.noise_step,
                        num_steps=args.num_steps, noise=args.noise, seed=args.seed, per_frame=args.per_frame,
@@ -257,6 +257,8 @@ def run_features(args):
 # ----- propagate -----------------------------------------------------------------------------
 
 def run_propagate(args):
+    _check_blocks([args.model], [args.block])
+
     from difftrack.probe.features import FeatureSpec, check_spec, extract_features
     from difftrack.probe.propagation import (
         check_config,
@@ -266,7 +268,6 @@ def run_propagate(args):
         propagate_mask,
     )
 
-    _check_blocks([args.model], [args.block])
     mask_cfg, kp_cfg = _configs(args)
     if args.synthetic is not None:
         return _propagate_synthetic(args, mask_cfg, kp_cfg)
@@ -314,7 +315,7 @@ def _propagate_synthetic(args, mask_cfg, kp_cfg):
     backbone.check_layers([block])
     options = TaskOptions(tasks=("masks", "keypoints"), kind=args.kind, mask_config=mask_cfg, keypoint_config=kp_cfg,
                           num_steps=args.num_steps, noise=args.noise, seed=args.seed, window=args.window)
-    seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + args.synthetic))
+    seeds = list(range(PROBE_EVAL_SEED_START, PROBE_EVAL_SEED_START + args.synthetic))
     check_noising(args.noise, [args.noise_step], args.num_steps)
     record = evaluate_grid(backbone, [block], [args.noise_step], make_clips(seeds, SYNTHETIC_FRAMES), [], options)[0]
     write_json(out, {"seeds": seeds, **record})
@@ -331,14 +332,15 @@ def _setting(args, eval_seeds, train_seeds):
 
 
 def run_compare(args):
-    from difftrack.probe.compare import write_compare
-    from difftrack.probe.features import token_grid
-    from difftrack.probe.tasks import evaluate_grid, evaluate_references
-
     if args.from_sweep:
         return _compare_from_sweep(args)
     _check_blocks([args.video_model, args.image_model], [args.block])
     _check_study(args)
+
+    from difftrack.probe.compare import write_compare
+    from difftrack.probe.features import token_grid
+    from difftrack.probe.tasks import evaluate_grid, evaluate_references
+
     options = _options(args)
     video_bb, image_bb = _load(args.video_model, args), _load(args.image_model, args)
     block = _block(video_bb, args.block)
@@ -367,12 +369,13 @@ def _compare_from_sweep(args):
 
 
 def run_sweep(args):
+    _check_blocks(args.models, args.blocks or [])
+    _check_study(args)
+
     from difftrack.probe.features import token_grid
     from difftrack.probe.sweeps import write_sweep
     from difftrack.probe.tasks import evaluate_grid, evaluate_references
 
-    _check_blocks(args.models, args.blocks or [])
-    _check_study(args)
     options = _options(args)
     backbones = [_load(m, args) for m in args.models]
     blocks = args.blocks if args.blocks is not None else list(range(min(bb.num_layers for bb in backbones)))
@@ -398,7 +401,6 @@ def run_sweep(args):
 
 def run_pictures(args):
     from difftrack.data.synthetic import generate_clip
-    from difftrack.probe.pictures import write_pictures
 
     _check_blocks(args.models, [args.block])
     check_noising(args.noise, [args.noise_step], args.num_steps)
@@ -414,6 +416,9 @@ def run_pictures(args):
         clip = generate_clip(0 if args.control else args.synthetic, num_frames=args.frames, control=args.control)
         video, fps = clip.video, 4.0
         name = "brick_wall_pan" if args.control else f"clip{args.synthetic}"
+
+    from difftrack.probe.pictures import write_pictures
+
     backbones = [_load(m, args) for m in args.models]
     for bb in backbones:
         bb.check_layers([_block(bb, args.block)])

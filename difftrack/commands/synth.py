@@ -53,8 +53,8 @@ def photo_seed(start: int, frames: int, speed: float | None) -> int:
 
 
 def run(args):
-    from difftrack.commands.track import grid_queries
     from difftrack.data.synthetic import generate_clip
+    from difftrack.evaluation.queries import query_grid
 
     out = Path(args.out)
     check_query_memory(args.grid ** 2, args.frames * RESULT_BYTES_PER_FRAME, f"--grid {args.grid}",
@@ -63,7 +63,7 @@ def run(args):
     scene = photo_seed(args.seed, args.frames, args.speed) if args.photo else args.seed
     clip = generate_clip(scene, num_frames=args.frames, height=args.size, width=args.size, speed=args.speed,
                          control=args.control)
-    queries = grid_queries(args.grid, 0, args.size, args.size)
+    queries = query_grid(args.grid, args.size, args.size).astype(np.float32)
     tracks, visible = clip.track(queries)
     gt = out.with_name(out.stem + "_gt")
     with atomic_path(gt.with_suffix(".npz")) as npz_tmp, atomic_path(gt.with_suffix(".json")) as json_tmp:

@@ -45,21 +45,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 import difftrack
-from difftrack.backbones import DEFAULT_BACKBONE, check_known_layers
+from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.commands import check_layers_before_loading, chosen_layers
 from difftrack.errors import UserError
-from difftrack.data.tapvid import PROTOCOL_SIZE
+from difftrack.evaluation.protocols import PROTOCOL_SIZE
+from difftrack.evaluation.queries import query_grid
 from difftrack.io import atomic_path, check_points, format_number, json_safe, load_points, load_tracks, read_video
 from difftrack.io import write_video
-from difftrack.metrics import compute_tapvid_metrics
 from difftrack.noising import NOISE_MODES, check_step
 from difftrack.options import add_device_arguments, backbone_options, check_query_memory, integer, number
 from difftrack.options import output_prefix, positive, prefix_for, seed, tracking_bytes_per_query
-from difftrack.tracker import TEMPORAL_MODES, TRACKERS, TrackerConfig, create_tracker
+from difftrack.tracker_config import TEMPORAL_MODES, TRACKERS, TrackerConfig
 
 
 DEFAULT_GRID = 8
@@ -149,11 +149,6 @@ def add_arguments(p):
     p.add_argument("--no-video", action="store_true", help="skip the overlay MP4")
 
 
-def grid_queries(n: int, frame: int, height: int, width: int) -> np.ndarray:
-    ys, xs = np.meshgrid((np.arange(n) + 0.5) / n * height, (np.arange(n) + 0.5) / n * width, indexing="ij")
-    return np.stack([np.full(n * n, frame, np.float32), xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-
-
 # difftrack's own tracker's options (TrackerConfig fields), and the paper tracker's flags
 DIFFTRACK_OPTIONS = ("noise", "window", "temporal", "seed", "noise_draws", "motion_sigma", "background_weight",
                      "presence_weight", "candidates", "refine_window")
@@ -176,18 +171,6 @@ def check_tracker_options(args, kind: str) -> None:
                         f"{'' if args.tracker else ' (the model default)'}; add --tracker {other} or drop {flags}")
 
 
-def resolve_layers(values, recommendation, backbone):
-    """(layers, steps, num_steps) from --layers; steps and num_steps come only from a recommendation."""
-    if values is None:
-        return None, None, None
-    if values == ["auto"]:
-        return backbone.recommendation(recommendation)
-    try:
-        return [int(v) for v in values], None, None
-    except ValueError:
-        raise UserError(f"--layers takes integers or `auto`, got {' '.join(values)}") from None
-
-
 def run(args):
     from difftrack.drawing import draw_tracks
 
@@ -197,8 +180,7 @@ def run(args):
     # memory the queries take.
     if args.tracker:
         check_tracker_options(args, args.tracker)
-    if args.layers not in (None, ["auto"]):
-        check_known_layers(args.model, resolve_layers(args.layers, None, None)[0])
+    check_layers_before_loading(args.model, args.layers, "--layers")
     for step in args.steps or ():
         if args.num_steps:  # without it the range is the model's own schedule
             check_step(step, args.num_steps)
@@ -218,15 +200,17 @@ def run(args):
     else:
         if not 0 <= args.grid_frame < num_frames:
             raise UserError(f"--grid-frame {args.grid_frame} is out of range; the video has frames 0..{num_frames - 1}")
-        queries = grid_queries(args.grid or DEFAULT_GRID, args.grid_frame, height, width)
+        queries = query_grid(args.grid or DEFAULT_GRID, height, width, args.grid_frame).astype(np.float32)
     check_points(queries, num_frames, height, width)
     if args.gt or args.points:
         check_query_memory(len(queries), per_query, args.gt or args.points,
                            lambda largest: f"track at most {largest:,} points at a time")
     out = prefix_for(args.out, args.video, "_tracks")
 
+    from difftrack.tracker import create_tracker
+
     backbone = difftrack.create_backbone(args.model, **backbone_options(args))
-    layers, rec_steps, rec_num_steps = resolve_layers(args.layers, args.recommendation, backbone)
+    layers, rec_steps, rec_num_steps = chosen_layers(args.layers, "--layers", args.recommendation, backbone)
     if args.steps is None and rec_steps is not None:
         options_steps, options_num_steps = rec_steps, rec_num_steps
     else:
@@ -257,10 +241,16 @@ def run(args):
     scores = None
     if truth is not None:
         from difftrack.baselines import BASELINES
+        from difftrack.evaluation.scoring import LabelledVideo, recorded, score_tracker
 
-        predictions = {tracker.name: (tracks, visible),
-                       **{name: BASELINES[name](video, queries) for name in ("zero_motion", "lucas_kanade")}}
-        scores = score_tracks(queries, *truth, predictions, height, width)
+        gt_tracks, gt_visible = truth
+        labelled = LabelledVideo(video, gt_tracks.transpose(1, 0, 2), ~gt_visible.T, queries=queries)
+        scorers = {tracker.name: recorded(tracks, visible),
+                   **{name: BASELINES[name] for name in ("zero_motion", "lucas_kanade")}}
+        scores = {}
+        for name, scorer in scorers.items():
+            score = score_tracker(scorer, labelled, "first", score_size=PROTOCOL_SIZE)
+            scores[name] = {**score.metrics, "median_error_px": score.videos[0].median_error()}
     overlay = None if args.no_video else draw_tracks(video, tracks, visible, queries)
     # Write everything to temporary names first, so a failure leaves no partial set of outputs.
     with atomic_path(out.with_suffix(".npz")) as npz_tmp, atomic_path(out.with_suffix(".json")) as json_tmp:
@@ -283,19 +273,3 @@ def run(args):
                   f"{format_number(metrics['average_pts_within_thresh'], '.1f', scale=100):>5s} / "
                   f"{format_number(metrics['occlusion_accuracy'], '.1f', scale=100):>5s}   {errors}")
 
-
-def score_tracks(queries, gt_tracks, gt_visible, predictions: dict, height: int, width: int) -> dict:
-    """TAP-Vid metrics ('first' queries, at 256x256) of each named (tracks (T, N, 2), visibility (T, N)), and
-    ``median_error_px``: per frame, the median distance in the video's own pixels from the truth over the points
-    visible there in the truth (None where none is)."""
-    scale = np.float32([PROTOCOL_SIZE / width, PROTOCOL_SIZE / height])
-    protocol_queries = np.concatenate([queries[:, :1], queries[:, 1:] * scale], axis=1)
-    scores = {}
-    for name, (tracks, visible) in predictions.items():
-        scores[name] = compute_tapvid_metrics(protocol_queries, ~gt_visible.T, gt_tracks.transpose(1, 0, 2) * scale,
-                                              ~np.asarray(visible, bool).T,
-                                              np.asarray(tracks).transpose(1, 0, 2) * scale, "first")
-        error = np.linalg.norm(np.asarray(tracks) - gt_tracks, axis=-1)
-        scores[name]["median_error_px"] = [float(np.median(e[v])) if v.any() else None
-                                           for e, v in zip(error, gt_visible)]
-    return scores

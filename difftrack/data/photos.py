@@ -172,6 +172,20 @@ def _read_rgb(path: Path, size: int | None, remedy: str) -> np.ndarray:
     return image
 
 
+def photo_checksums(split: str) -> dict[str, str]:
+    """SHA-256 of every photograph of ``split``, keyed and ordered as :func:`load_photos` returns them: the corpus's
+    own for the Debian packages' files, the installed file's for scikit-image's (its wheel pins them)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown photo split {split!r}; choose one of {', '.join(SPLITS)}")
+    corpus = load_corpus()
+    checksums = {f"{name}/{entry['path']}": entry["sha256"] for name, package in corpus["packages"].items()
+                 if package["role"] == split for entry in package["files"]}
+    if corpus["scikit_image"]["role"] == split:
+        checksums.update({f"scikit-image/{file}": _sha256(_scikit_image_dir() / file)
+                          for file in corpus["scikit_image"]["files"]})
+    return checksums
+
+
 def load_photos(split: str, size: int | None = None,
                 cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """The photographs of ``split`` as HxWx3 uint8 RGB arrays, keyed ``<package>/<path>`` (``scikit-image/<file>``).

@@ -135,17 +135,22 @@ class Clip:
 
 # ----- shapes --------------------------------------------------------------------------------
 
-def _inside(shape: str, local: np.ndarray) -> np.ndarray:
-    x, y = local[..., 0], local[..., 1]
+def inside_shape(shape: str, x, y):
+    """Whether sprite-local points (x, y) lie in ``shape``; numpy arrays or torch tensors (operators only, so
+    the photo clip renderer tests membership with the very same arithmetic on any device)."""
     if shape == "disc":
         return x * x + y * y <= 1.0
     if shape == "square":
-        return np.maximum(np.abs(x), np.abs(y)) <= 0.85
+        return (abs(x) <= 0.85) & (abs(y) <= 0.85)
     if shape == "triangle":  # apex up, base at y = 0.75
-        return (y <= 0.75) & (np.abs(x) <= (y + 0.95) * 0.55)
+        return (y <= 0.75) & (abs(x) <= (y + 0.95) * 0.55)
     if shape == "diamond":
-        return np.abs(x) + np.abs(y) <= 1.0
+        return abs(x) + abs(y) <= 1.0
     raise ValueError(f"unknown shape {shape!r}")
+
+
+def _inside(shape: str, local: np.ndarray) -> np.ndarray:
+    return inside_shape(shape, local[..., 0], local[..., 1])
 
 
 # ----- textures ------------------------------------------------------------------------------
@@ -248,7 +253,7 @@ def _smooth_path(rng, frames, start, speed, wobble) -> np.ndarray:
     return start + velocity * t + 0.5 * accel * t * t + wobble * np.sin(omega * t + phase)
 
 
-def _direction_word(delta: np.ndarray) -> str:
+def direction_word(delta: np.ndarray) -> str:
     dx, dy = delta
     if abs(dx) >= abs(dy):
         return "right" if dx > 0 else "left"
@@ -340,7 +345,7 @@ def _caption(clip: Clip) -> str:
     order = sorted(range(len(clip.sprites)), key=lambda i: -clip.sprites[i].radius[0])[:2]
     for i in order:
         sp = clip.sprites[i]
-        parts.append(f"a {sp.texture} {sp.shape} moves {_direction_word(sp.centre[-1] - sp.centre[0])}")
+        parts.append(f"a {sp.texture} {sp.shape} moves {direction_word(sp.centre[-1] - sp.centre[0])}")
     return " and ".join(parts) + f" over a {clip.wall} wall"
 
 

@@ -1,8 +1,7 @@
-"""TAP-Vid readers (DAVIS, RGB-Stacking, Kinetics), the 256x256 evaluation protocol and query sampling.
+"""TAP-Vid readers (DAVIS, RGB-Stacking, Kinetics): the videos and their tracks as stored.
 
-Coordinates: our API is (t, x, y) everywhere, x and y in raster pixels with pixel centres at i + 0.5.
-tapnet's own readers emit query points as (t, y, x); nothing here does. The pickles store
-``points`` as (x, y) normalised to [0, 1], so raster pixels at 256x256 are ``points * 256``.
+The pickles store ``points`` as (x, y) normalised to [0, 1]; :mod:`difftrack.evaluation.protocols` brings
+a video to the evaluation protocol's 256x256 raster pixels and samples its queries.
 
 Pickles are untrusted input: they are read by ``restricted_load``, which only rebuilds numpy arrays,
 numpy scalars, dtypes and builtin containers and refuses every other global before anything runs.
@@ -19,11 +18,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from difftrack.errors import UserError
-from difftrack.metrics import QUERY_MODES
 
 DATASETS = ("davis", "kinetics", "rgb_stacking")
-PROTOCOL_SIZE = 256
-QUERY_STRIDE = 5
 
 DAVIS_FILE = "tapvid_davis.pkl"
 RGB_STACKING_FILE = "tapvid_rgb_stacking.pkl"
@@ -82,16 +78,6 @@ class TapVidVideo:
     video: np.ndarray  # uint8 (T, H, W, 3) RGB
     points: np.ndarray  # float32 (N, T, 2) (x, y) normalised to [0, 1]
     occluded: np.ndarray  # bool (N, T)
-
-
-@dataclass
-class TapVidQueries:
-    """Queries of one video and their ground truth, one row per query (a track can be queried several times)."""
-
-    query_points: np.ndarray  # float32 (Q, 3) as (t, x, y), raster pixels
-    track_index: np.ndarray  # int64 (Q,) which track of the video each query belongs to
-    target_points: np.ndarray  # float32 (Q, T, 2) raster (x, y)
-    occluded: np.ndarray  # bool (Q, T)
 
 
 class TapVidReader:
@@ -196,60 +182,3 @@ def _decode_jpeg(data, name: str, source: Path) -> np.ndarray:
     if frame is None:
         raise UserError(f"video {name} in {source} holds a frame that is not a decodable JPEG")
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-
-
-def to_protocol(sample: TapVidVideo, size: int = PROTOCOL_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluation protocol: frames resized to ``size`` x ``size``, ground truth in raster pixels.
-
-    Returns ``(frames uint8 (T, size, size, 3), points float32 (N, T, 2) raster (x, y))``.
-    """
-    import cv2
-
-    height, width = sample.video.shape[1:3]
-    if (height, width) == (size, size):
-        frames = sample.video.copy()
-    else:
-        shrinking = height * width > size * size
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        frames = np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in sample.video])
-    return frames, (sample.points * np.float32(size)).astype(np.float32)
-
-
-# tapnet's two query modes, and the DiffTrack release's: only the tracks visible on frame 0, queried there
-# (scored as 'first', frames after the query).
-PROTOCOLS = QUERY_MODES + ("release",)
-
-
-def metric_mode(protocol: str) -> str:
-    """The query mode tapnet's metrics score a protocol's queries with."""
-    return "first" if protocol == "release" else protocol
-
-
-def sample_queries(points: np.ndarray, occluded: np.ndarray, mode: str,
-                   stride: int = QUERY_STRIDE) -> TapVidQueries:
-    """Query points and their ground truth for one video.
-
-    ``points`` (N, T, 2) raster (x, y), ``occluded`` (N, T). 'first': each track queried at its first
-    visible frame, never-visible tracks dropped, in track order. 'strided': at frames 0, stride,
-    2 * stride, ... every track visible there becomes a query, ordered by frame then track (tapnet's order).
-    'release': the tracks visible on frame 0, queried there, in track order.
-    """
-    if mode not in PROTOCOLS:
-        raise UserError(f"unknown query mode {mode!r}; choose one of {', '.join(PROTOCOLS)}")
-    points = np.asarray(points, dtype=np.float32)
-    occluded = np.asarray(occluded, dtype=bool)
-    visible = ~occluded
-    if mode == "release":
-        tracks = np.flatnonzero(visible[:, 0])
-        frames = np.zeros(len(tracks), np.int64)
-    elif mode == "first":
-        tracks = np.flatnonzero(visible.any(axis=1))
-        frames = visible[tracks].argmax(axis=1)
-    else:
-        frame_track = [(t, n) for t in range(0, occluded.shape[1], stride) for n in np.flatnonzero(visible[:, t])]
-        frames = np.array([t for t, _ in frame_track], dtype=np.int64)
-        tracks = np.array([n for _, n in frame_track], dtype=np.int64)
-    xy = points[tracks, frames] if len(tracks) else np.zeros((0, 2), np.float32)
-    query_points = np.concatenate([frames[:, None].astype(np.float32), xy], axis=1).astype(np.float32)
-    return TapVidQueries(query_points=query_points.reshape(-1, 3), track_index=tracks.astype(np.int64),
-                         target_points=points[tracks], occluded=occluded[tracks])

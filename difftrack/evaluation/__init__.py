@@ -1,4 +1,7 @@
-"""Measures computed on generated videos."""
+"""Every evaluation in one place: TAP-Vid metrics (``metrics``), query protocols (``protocols``), the query grid
+and moved points (``queries``), scoring any tracker (``scoring``), sharded and resumable runs (``store``), the
+seed ranges (``seeds``), model-level matching (``matching``), the cross-frame diagnostics (``crossframe``), and
+the temporal consistency of generated videos (``temporal``, re-exported here)."""
 
 from difftrack.evaluation.temporal import (
     frame_difference,

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from difftrack.backbones.base import Backbone
 from difftrack.errors import UserError
 from difftrack.guidance.removal import CrossFrameAttentionRemoval
+
+if TYPE_CHECKING:
+    import torch
 
 GUIDANCE_MODES = ("none", "cfg", "cag")
 
@@ -78,6 +79,9 @@ def _batch_conditioning(conds: list[tuple]) -> tuple[torch.Tensor, dict]:
     Branches encoded separately can differ in text length when the adapter trims padding
     (HunyuanVideo); the shorter ones are padded back with masked-out tokens, which the model ignores.
     """
+    import torch
+    import torch.nn.functional as F
+
     embeds = [c[0] for c in conds]
     extras = [dict(c[1]) for c in conds]
     longest = max(e.shape[1] for e in embeds)
@@ -141,13 +145,15 @@ class GuidedPredictor:
                 self.removal.state.perturbed_from = None
         return list(pred.split(b, dim=0))
 
-    @torch.no_grad()
     def __call__(self, latents: torch.Tensor, timestep, step_index: int) -> torch.Tensor:
+        import torch
+
         names = self.branches(step_index)
-        if self.config.sequential_branches:
-            preds = [self._forward(latents, timestep, [n])[0] for n in names]
-        else:
-            preds = self._forward(latents, timestep, names)
+        with torch.no_grad():
+            if self.config.sequential_branches:
+                preds = [self._forward(latents, timestep, [n])[0] for n in names]
+            else:
+                preds = self._forward(latents, timestep, names)
         by_name = dict(zip(names, preds))
         return combine(by_name["cond"], by_name.get("uncond"), by_name.get("perturbed"), self.config.cfg_scale,
                        self.config.cag_scale)

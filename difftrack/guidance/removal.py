@@ -11,11 +11,13 @@ go through the stock processor untouched, the rows from there on are perturbed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from difftrack.backbones.base import Backbone
 from difftrack.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_cag_support(backbone: Backbone) -> None:
@@ -46,6 +48,8 @@ class CrossFramePerturbedProcessor:
         self.perturbed_forward = perturbed_forward
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        import torch
+
         start = self.state.perturbed_from
         b = hidden_states.shape[0]
         if start is None or start >= b:

@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 
 from difftrack.data.synthetic import SHAPES, TEXTURES, Clip, generate_clip
 from difftrack.errors import UserError
-from difftrack.metrics import compute_tapvid_metrics
+from difftrack.evaluation.queries import query_grid
+from difftrack.evaluation.scoring import LabelledVideo, score_tracker
+from difftrack.probe import TASKS
 from difftrack.probe.features import FeatureSpec, extract_features, is_image_model, token_grid
 from difftrack.probe.propagation import (
     KEYPOINT_DEFAULTS,
@@ -35,7 +37,6 @@ from difftrack.probe.propagation import (
 )
 from difftrack.probe.semantic import PooledSamples, pool_sprites, probe_accuracy
 
-TASKS = ("masks", "keypoints", "tracking", "semantic")
 # (record key, column title) of each task's headline metrics, in table order.
 TASK_METRICS = {
     "masks": [("masks_J&F", "masks J&F"), ("masks_J", "masks J"), ("masks_F", "masks F")],
@@ -49,7 +50,7 @@ HEADLINE = {"masks": "masks_J&F", "keypoints": "keypoints_PCK@0.1", "tracking": 
 MIN_OBJECT_PX = 16  # a sprite needs this many visible pixels in frame 0 (one token at 64x64) to be propagated
 KEYPOINTS_PER_SPRITE = 5
 TRACK_GRID = 8
-MOVED_TOKENS = 1.0  # "moved" points: more than this many tokens from where they were queried
+MOVED_TOKENS = 1.0  # "moved" points: more than this many tokens from where they were queried, in x or in y
 
 
 @dataclass
@@ -135,23 +136,16 @@ def keypoint_task(feature_map: np.ndarray, clip: Clip, config: PropagationConfig
     return {f"keypoints_{k}": v for k, v in scores.items()}
 
 
-def grid_queries(clip: Clip, n: int = TRACK_GRID) -> np.ndarray:
-    h, w = clip.size
-    ys, xs = np.meshgrid((np.arange(n) + 0.5) / n * h, (np.arange(n) + 0.5) / n * w, indexing="ij")
-    return np.stack([np.zeros(n * n), xs.ravel(), ys.ravel()], 1).astype(np.float32)
-
-
-def tracking_scores(clip: Clip, queries: np.ndarray, tracks: np.ndarray, pred_visible: np.ndarray,
-                    token_px: float) -> dict[str, float]:
-    """TAP-Vid scores of tracks (T, N, 2) against the generator's truth, on all points and on moved points."""
+def tracking_scores(tracker, clip: Clip, token_px: float) -> dict[str, float]:
+    """TAP-Vid scores of ``tracker`` on a frame-0 grid of ``clip`` against the generator's truth ('first' queries, the
+    clip's pixels), on all points and on the points that moved more than a token."""
+    queries = query_grid(TRACK_GRID, *clip.size).astype(np.float32)
     truth, visible = clip.track(queries)
-    pred_occluded, pred_tracks = ~pred_visible.T, tracks.transpose(1, 0, 2)
-    everything = compute_tapvid_metrics(queries, ~visible, truth, pred_occluded, pred_tracks, "first")
-    moved = np.linalg.norm(truth - queries[:, None, 1:], axis=-1) > MOVED_TOKENS * token_px
-    moved_only = compute_tapvid_metrics(queries, ~(visible & moved), truth, pred_occluded, pred_tracks, "first")
-    return {"tracking_delta_avg": everything["average_pts_within_thresh"],
-            "tracking_AJ": everything["average_jaccard"],
-            "tracking_delta_avg_moved": moved_only["average_pts_within_thresh"]}
+    score = score_tracker(tracker, LabelledVideo(clip.video, truth, ~visible, queries=queries), "first",
+                          moved_distance=MOVED_TOKENS * token_px)
+    return {"tracking_delta_avg": score.metrics["average_pts_within_thresh"],
+            "tracking_AJ": score.metrics["average_jaccard"],
+            "tracking_delta_avg_moved": score.moved_metrics["average_pts_within_thresh"]}
 
 
 def pixel_patch_features(video: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -216,9 +210,7 @@ def evaluate_grid(backbone, blocks: list[int], steps: list[int], eval_clips: lis
                     window = options.window or (clip.num_frames if is_image_model(backbone) else None)
                     tracker = DiffTracker(backbone, layers=[b], steps=[step], num_steps=options.num_steps,
                                           noise=options.noise, seed=options.seed, window=window)
-                    queries = grid_queries(clip)
-                    tracks, visible = tracker(clip.video, queries)
-                    scores.update(tracking_scores(clip, queries, tracks, visible, token_px))
+                    scores.update(tracking_scores(tracker, clip, token_px))
                 if "semantic" in tasks:
                     test_pool[b].append(pool_sprites(fmap, clip.masks, clip.labels, clip.seed))
                 per_clip[b].append(scores)
@@ -254,9 +246,7 @@ def evaluate_references(eval_clips: list[Clip], train_clips: list[Clip], options
             test_pool.append(pool_sprites(fmap, clip.masks, clip.labels, clip.seed))
         pixel_clips.append(scores)
         if "tracking" in tasks:
-            queries = grid_queries(clip)
-            tracks, visible = zero_motion(clip.video, queries)
-            still_clips.append(tracking_scores(clip, queries, tracks, visible, clip.size[1] / grid[1]))
+            still_clips.append(tracking_scores(zero_motion, clip, clip.size[1] / grid[1]))
     patch = f"{eval_clips[0].size[0] // grid[0]}x{eval_clips[0].size[1] // grid[1]}"
     pixels = {"model": f"pixels ({patch} patches)", **mean_records(pixel_clips)}
     if "semantic" in tasks:

@@ -9,7 +9,7 @@ standard deviation and a 95% t-interval over seeds.
 Writes OUT/summary.json (config, per-seed metrics, aggregates, timings), OUT/summary.md (the
 table) and OUT/side_by_side_seed{S}.mp4 (none | CFG | CAG of one seed).
 
-    nice -n 19 python benchmarks/cag.py --model tiny-video --seeds 16 --steps 20 --out results/cag
+    nice -n 19 python studies/cag.py --model tiny-video --seeds 16 --steps 20 --out results/cag
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 import difftrack
 from difftrack.data.synthetic import generate_clip
 from difftrack.evaluation import temporal_metrics
+from difftrack.evaluation.seeds import PROMPT_SEED_START
 from difftrack.guidance import GuidanceConfig
 from difftrack.io import atomic_path, write_json, write_video
 from difftrack.options import add_device_arguments
@@ -36,7 +37,6 @@ PAIRS = (("cag", "cfg"), ("cag", "none"), ("cfg", "none"))
 METRICS = {"warp_error": "lower", "acceleration": "lower", "tracked_fraction": "higher", "flow_magnitude": "guard",
            "frame_change": "guard", "sharpness": "guard", "sharpness_ratio_to_reference": "guard",
            "difference_to_reference": "guard"}
-PROMPT_SEED_OFFSET = 10_000
 
 
 def parse_args(argv=None):
@@ -120,7 +120,7 @@ def summarise_run(args, model: str, layers: list[int], size: tuple[int, int, int
         "config": {"model": model, "seeds": len(per_seed), "seeds_requested": args.seeds, "steps": args.steps,
                    "cfg_scale": args.cfg_scale, "cag_scale": args.cag_scale, "cag_layers": layers,
                    "layer_source": args.layer_source or "default", "frames": frames, "height": height,
-                   "width": width, "prompt_source": f"generate_clip({PROMPT_SEED_OFFSET} + seed).caption",
+                   "width": width, "prompt_source": f"generate_clip({PROMPT_SEED_START} + seed).caption",
                    "difftrack_version": difftrack.__version__, "command": " ".join(sys.argv)},
         "per_mode": {mode: {m: summarise([s["metrics"][mode][m] for s in per_seed]) for m in METRICS}
                      for mode in MODES},
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     per_seed, seconds = [], {m: [] for m in MODES}
     bar = tqdm(total=args.seeds * len(MODES), desc="videos", unit="video")
     for seed in range(args.seeds):
-        prompt = generate_clip(PROMPT_SEED_OFFSET + seed).caption
+        prompt = generate_clip(PROMPT_SEED_START + seed).caption
         videos = {}
         for mode in MODES:
             start = time.perf_counter()

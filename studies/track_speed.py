@@ -6,7 +6,7 @@ wall seconds, frames per second and peak RSS, next to the forwards the authors' 
 run (one set of chunk forwards per query frame, classifier-free guidance with two empty prompts, every
 block). Forwards should grow linearly in T and not at all with the query frames.
 
-    python benchmarks/track_speed.py --model tiny-video --out results/tracking/speed.json
+    python studies/track_speed.py --model tiny-video --out results/tracking/speed.json
 
 Writes the JSON and, beside it, speed.png (forwards and CPU seconds against T).
 """
@@ -81,7 +81,7 @@ def main(argv=None):
                          "release_scheme_forwards": 2 * anchors * chunks * len(cfg.steps),
                          "release_scheme_blocks": 2 * anchors * chunks * len(cfg.steps) * bb.num_layers})
             print(runs[-1], flush=True)
-    result = {"command": " ".join(["python", "benchmarks/track_speed.py", *sys.argv[1:]]), "model": bb.name,
+    result = {"command": " ".join(["python", "studies/track_speed.py", *sys.argv[1:]]), "model": bb.name,
               "size": args.size, "points": args.points, "window": cfg.window, "layers": cfg.layers,
               "steps": cfg.steps, "temporal": cfg.temporal, "torch_threads": torch.get_num_threads(),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "runs": runs}

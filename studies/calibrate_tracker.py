@@ -6,7 +6,7 @@ and the temporal decoder's occluded state, and picks the (cycle_threshold, peak_
 is written to difftrack/calibration/<model>.json, which DiffTracker reads as its default for that
 model.
 
-    python benchmarks/calibrate_tracker.py --model tiny-video --num-videos 8
+    python studies/calibrate_tracker.py --model tiny-video --num-videos 8
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-CALIBRATION_SEED_OFFSET = 500_000  # training uses >= 1,000,000; the held-out TAP-Vid fixture 100,000+
+from difftrack.evaluation.seeds import CALIBRATION_SEED_START
 
 
 def main(argv=None):
@@ -29,18 +29,18 @@ def main(argv=None):
     p.add_argument("--model", default="tiny-video")
     add_device_arguments(p)
     p.add_argument("--num-videos", type=positive, default=8)
-    p.add_argument("--seed-offset", type=seed, default=CALIBRATION_SEED_OFFSET)
+    p.add_argument("--seed-offset", type=seed, default=CALIBRATION_SEED_START)
     p.add_argument("--frames", type=integer(min=2), default=24)
     p.add_argument("--size", type=integer(min=16), default=256)
     p.add_argument("--points", type=positive, default=48)
     p.add_argument("--out", type=output_file(".json"), default=None, help="default: difftrack/calibration/<model>.json")
     args = p.parse_args(argv)
 
-    from difftrack.data.synthetic import generate_clip, to_tapvid
-    from difftrack.data.tapvid import sample_queries
-    from difftrack.io import write_json
-    from difftrack.metrics import average_over_videos, compute_tapvid_metrics
     from difftrack.backbones.settings import calibration_path
+    from difftrack.data.synthetic import generate_clip, to_tapvid
+    from difftrack.evaluation.metrics import average_over_videos
+    from difftrack.evaluation.scoring import LabelledVideo, recorded, score_tracker
+    from difftrack.io import write_json
     from difftrack.tracker import DiffTracker
 
     tracker = DiffTracker(args.model, cycle_threshold=float("inf"), peak_threshold=0.0, device=args.device,
@@ -49,17 +49,16 @@ def main(argv=None):
     for seed in tqdm(range(args.seed_offset, args.seed_offset + args.num_videos), desc="calibration videos"):
         clip = generate_clip(seed, num_frames=args.frames, height=args.size, width=args.size)
         sample = to_tapvid(clip, args.points, seed)
-        points = sample["points"] * np.float32([args.size, args.size])
-        q = sample_queries(points, sample["occluded"], "first")
-        tracks, _ = tracker(clip.video, q.query_points)
-        records.append((q, tracks, dict(tracker.diagnostics)))
+        video = LabelledVideo(clip.video, sample["points"] * np.float32([args.size, args.size]), sample["occluded"])
+        tracks, _ = tracker(clip.video, video.protocol_queries("first").query_points)
+        records.append((video, tracks, dict(tracker.diagnostics)))
 
     def score(cycle_threshold, peak_threshold):
+        """The recorded tracks with the occlusion calls these thresholds make."""
         per_video = []
-        for q, tracks, diag in records:
+        for video, tracks, diag in records:
             visible = ~diag["hidden"] & (diag["cycle_error"] <= cycle_threshold) & (diag["peak"] >= peak_threshold)
-            per_video.append(compute_tapvid_metrics(q.query_points, q.occluded, q.target_points, ~visible.T,
-                                                    tracks.transpose(1, 0, 2), "first"))
+            per_video.append(score_tracker(recorded(tracks, visible), video, "first").metrics)
         return average_over_videos(per_video)
 
     peaks = np.concatenate([d["peak"].ravel() for _, _, d in records])

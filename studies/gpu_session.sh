@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, prepared ahead, as the device tool runs it (one command of at most 10 minutes):
 #
-#   0. benchmarks/train_step_profile.py: the operators of a training step at the recipes' batch, video and twin.
+#   0. studies/train_step_profile.py: the operators of a training step at the recipes' batch, video and twin.
 #   1. The embedded v3 candidates: for each recipe below, the video model and its image twin, all four side by
 #      side on the one GPU (the models are tiny; rendering clips on the CPU cores is what bounds them). Their
 #      --steps come from a short calibration of the same four commands, so that training ends within
@@ -12,14 +12,14 @@
 #
 # Everything is fitted inside SESSION_SECONDS from the start (training is shortened, never the smoke run).
 #
-# usage: bash benchmarks/gpu_session.sh OUT_DIR [TRAIN_SECONDS] [SESSION_SECONDS]
+# usage: bash studies/gpu_session.sh OUT_DIR [TRAIN_SECONDS] [SESSION_SECONDS]
 # Writes OUT_DIR/{session.log, step_profile.json, step_profile-twin.json, gpu_smoke.json} and one
 # OUT_DIR/<run>.tar per trained model (the
 # model directory with its training.json; <run>-partial.tar holds the last checkpoint of a run cut short).
 # At most 8 files, as the device tool sends back. TRAIN_ARGS (environment) replaces the shared training options
 # (device, batch, frames), e.g. for a dry run of this script on a CPU.
 set -uo pipefail
-out=${1:?usage: bash benchmarks/gpu_session.sh OUT_DIR [TRAIN_SECONDS] [SESSION_SECONDS]}
+out=${1:?usage: bash studies/gpu_session.sh OUT_DIR [TRAIN_SECONDS] [SESSION_SECONDS]}
 train_seconds=${2:-330}
 deadline=$(( $(date +%s) + ${3:-570} ))
 smoke_seconds=120
@@ -70,7 +70,7 @@ echo "$(date +%T) start: $(nvidia-smi --query-gpu=name,memory.total,driver_versi
 print(torch.__version__, diffusers.__version__, transformers.__version__)' 2>&1)" >>"$log"
 # Where a step's time goes, before anything is trained (the first lease found 0.3-0.4 s a step unexplained).
 for twin in "" --image-twin; do
-    timeout 120 python3 benchmarks/train_step_profile.py "${step_args[@]}" $twin \
+    timeout 120 python3 studies/train_step_profile.py "${step_args[@]}" $twin \
         --out "$out/step_profile${twin:+-twin}.json" >>"$log" 2>&1 || echo "step profile exit $?" >>"$log"
 done
 mkdir -p "$work/calibration" "$work/runs"

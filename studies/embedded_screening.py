@@ -5,16 +5,16 @@ number of steps chosen so that every recipe costs about the same CPU time (--min
 step costs more, wider heads or more layers, gets proportionally fewer steps, from the per-step
 cost factors measured at one thread below). Each row is then scored by:
 
-- moved-point q-k within one token (benchmarks/embedded_eval.py's measure), best layer, at
-  s = 0, 0.1, 0.2, 0.5, on the frozen acceptance clips and on 20 held-out aperiodic clips;
-- the two cross-frame diagnostics (benchmarks/crossframe_diagnostics.py): the video - twin training
-  loss gap over the last quarter of the steps, and the loss increase when cross-frame attention is
-  removed in every layer.
+- moved-point q-k within one token (difftrack.evaluation.matching, benchmarks/embedded_eval.py's measure),
+  best layer, at s = 0, 0.1, 0.2, 0.5, on the frozen acceptance clips and on 20 held-out aperiodic clips;
+- the two cross-frame diagnostics (difftrack.evaluation.crossframe, as studies/crossframe_diagnostics.py
+  runs them): the video - twin training loss gap over the last quarter of the steps, and the loss increase
+  when cross-frame attention is removed in every layer.
 
 Runs resume: a finished recipe keeps its JSON (results/embedded/screening/<name>.json), an
 interrupted one continues from its checkpoints. The table goes to results/embedded/screening.md.
 
-    nice python benchmarks/embedded_screening.py --runs runs/screening --minutes 15
+    nice python studies/embedded_screening.py --runs runs/screening --minutes 15
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from difftrack.data.clips import load_clips, make_clips
+from difftrack.errors import OneLineErrorParser, run_reporting_errors
+from difftrack.evaluation.crossframe import last_quarter_loss, removal_losses, training_losses
+from difftrack.evaluation.matching import best, matching_accuracy
+from difftrack.evaluation.seeds import HELD_OUT_SEED_START
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from crossframe_diagnostics import removal_losses  # noqa: E402
-from embedded_eval import FROZEN_CLIPS, EVAL_SEED_START, best, evaluate, load_clips, make_clips  # noqa: E402
-
+FROZEN_CLIPS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "acceptance_clips.npz"
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.5)
 # Steps of the v2 recipe in one minute at one thread with a second job beside it (1.15 s a step alone,
 # about 1.4 s side by side, bf16 autocast on AVX512-BF16).
@@ -87,18 +87,13 @@ def training_record(model_dir: Path) -> dict:
     return json.loads((model_dir / "training.json").read_text())
 
 
-def last_quarter_loss(record: dict) -> float:
-    losses = [h["loss"] for h in record["history"]]
-    return float(np.mean(losses[-max(1, len(losses) // 4):]))
-
-
 def score(name: str, runs: Path, clip_sets: dict, minutes: float, fp32: bool) -> dict:
     commands = train_commands(name, runs, minutes, fp32)
     video, twin = runs / name / "video", runs / name / "twin"
     qk = {}
     for set_name, clips in clip_sets.items():
         for role, path in (("video", video), ("twin", twin)):
-            result = evaluate(str(path), clips, "auto", progress=False, noise_levels=NOISE_LEVELS)
+            result = matching_accuracy(str(path), clips, "auto", progress=False, noise_levels=NOISE_LEVELS)
             qk[f"{set_name}/{role}"] = {
                 "best": dict(zip(("score", "layer", "s"), best(result, "qk"))),
                 "best_by_s": {f"{s}": max(result["qk"][layer][f"{s}"]["moved"] for layer in result["qk"])
@@ -106,7 +101,7 @@ def score(name: str, runs: Path, clip_sets: dict, minutes: float, fp32: bool) ->
                 "noisy_patch": {f"{s}": result["baselines"]["noisy_patch"][f"{s}"]["moved"] for s in NOISE_LEVELS},
                 "ncc_3": {f"{s}": result["baselines"]["ncc_3"][f"{s}"]["moved"] for s in NOISE_LEVELS}}
     records = {role: training_record(path) for role, path in (("video", video), ("twin", twin))}
-    video_loss, twin_loss = (last_quarter_loss(records[role]) for role in ("video", "twin"))
+    video_loss, twin_loss = (last_quarter_loss(training_losses(path)) for path in (video, twin))
     return {"recipe": name, "what": RECIPES[name][0], "commands": {r: " ".join(c) for r, c in commands.items()},
             "steps": recipe_steps(minutes, RECIPES[name][2]),
             "train_wall_seconds": {role: round(r["wall_seconds"], 1) for role, r in records.items()},
@@ -147,10 +142,9 @@ def markdown(rows: list[dict], command: str) -> str:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    from difftrack.cli import OneLineErrorParser
     from difftrack.options import number, output_dir
 
-    p = OneLineErrorParser(prog="python benchmarks/embedded_screening.py", description=__doc__,
+    p = OneLineErrorParser(prog="python studies/embedded_screening.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=output_dir, default="runs/screening", help="models and checkpoints of every recipe")
     p.add_argument("--minutes", type=number(min=0, min_inclusive=False), default=15.0,
@@ -168,7 +162,7 @@ def run(args: argparse.Namespace, command: str) -> None:
 
     runs, out = Path(args.runs), Path(args.out)
     clip_sets = {"acceptance": load_clips(FROZEN_CLIPS),
-                 "aperiodic": make_clips(list(range(EVAL_SEED_START, EVAL_SEED_START + 20)), 8, (64, 64), 4,
+                 "aperiodic": make_clips(list(range(HELD_OUT_SEED_START, HELD_OUT_SEED_START + 20)), 8, (64, 64), 4,
                                          aperiodic=True)}
     (out / "screening").mkdir(parents=True, exist_ok=True)
     for name in args.recipes:
@@ -187,10 +181,8 @@ def run(args: argparse.Namespace, command: str) -> None:
 
 
 def main(argv=None) -> int:
-    from difftrack.cli import run_reporting_errors
-
     argv = sys.argv[1:] if argv is None else argv
-    command = "nice python benchmarks/embedded_screening.py " + " ".join(argv)
+    command = "nice python studies/embedded_screening.py " + " ".join(argv)
     return run_reporting_errors(lambda a: run(parse_args(a), command), argv, debug=False)
 
 

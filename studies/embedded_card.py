@@ -1,6 +1,6 @@
 """Figures for the embedded models' card: the loss curves and a strip of generated frames.
 
-    python benchmarks/embedded_card.py --out difftrack/embedded
+    python studies/embedded_card.py --out difftrack/embedded
 
 Reads difftrack/embedded/<model>/training.json (written by `difftrack train-tiny`) and samples the
 video model (and, on a second block of rows, the image twin) with difftrack.sampling.sample.

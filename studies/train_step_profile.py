@@ -5,8 +5,8 @@ measured apart), then --untimed-steps steps run, then --timed-steps steps under 
 by self CPU time and, on a GPU, by self device time, next to the wall time a step. The 2026-12-04 GPU lease
 ran 0.3-0.4 s a step at batch 32 on an H200 whatever the number of render workers; this says why.
 
-    python benchmarks/train_step_profile.py --device cuda --batch 32 --sample-frames 8 --out runs/step_profile.json
-    python benchmarks/train_step_profile.py --timed-steps 3     # the shipped CPU recipe
+    python studies/train_step_profile.py --device cuda --batch 32 --sample-frames 8 --out runs/step_profile.json
+    python studies/train_step_profile.py --timed-steps 3     # the shipped CPU recipe
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def profile_steps(cfg, warmup: int, steps: int, rows: int = 15) -> dict:
 
 
 def main(argv=None) -> int:
-    from difftrack.cli import OneLineErrorParser, run_reporting_errors
-    from difftrack.commands.train_tiny import add_recipe_arguments, recipe_config
+    from difftrack.errors import OneLineErrorParser, run_reporting_errors
     from difftrack.io import json_safe, write_json
     from difftrack.options import integer, output_file, positive
+    from difftrack.train_options import add_recipe_arguments, recipe_config
 
-    p = OneLineErrorParser(prog="python benchmarks/train_step_profile.py", description=__doc__,
+    p = OneLineErrorParser(prog="python studies/train_step_profile.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--untimed-steps", type=integer(min=0), default=3, help="steps before the clock starts (default 3)")
     p.add_argument("--timed-steps", type=positive, default=10, help="steps under the profiler (default 10)")
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
     def run(args) -> None:
         cfg = recipe_config(args, out="", run_dir="")
-        result = {"command": "python benchmarks/train_step_profile.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        result = {"command": "python studies/train_step_profile.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   **profile_steps(cfg, args.untimed_steps, args.timed_steps)}
         print(f"{result['wall_s_per_step']:.3f} s a step (CPU {result['cpu_s_per_step']:.3f} s)")
         for key in ("top_self_device_per_step", "top_self_cpu_per_step"):

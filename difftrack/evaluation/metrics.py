@@ -22,6 +22,10 @@ THRESHOLDS = (1, 2, 4, 8, 16)
 METRIC_NAMES = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy",
                 *(f"pts_within_{d}" for d in THRESHOLDS), *(f"jaccard_{d}" for d in THRESHOLDS))
 QUERY_MODES = ("first", "strided")
+# (table label, metric) of every summary table, in column order
+SUMMARY_COLUMNS = (("AJ", "average_jaccard"), ("delta_avg", "average_pts_within_thresh"),
+                   ("OA", "occlusion_accuracy"), *((f"delta_{d}", f"pts_within_{d}") for d in THRESHOLDS),
+                   *((f"J_{d}", f"jaccard_{d}") for d in THRESHOLDS))
 
 
 def scored_frames(query_frames: np.ndarray, num_frames: int, mode: str) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Memory and time of the analysis at CogVideoX-2B token geometry, on a tiny-width random model.
 
-    python benchmarks/analysis_memory.py --out results/analysis/memory.json
+    python studies/analysis_memory.py --out results/analysis/memory.json
 
 The transformer has CogVideoX-2B's sequence: 13 latent frames x 30 x 45 tokens (patch 2 on 60 x 90
 latents, i.e. 480 x 720 pixels) + 226 text tokens, sin-cos positions; only its width is tiny (2 heads
@@ -52,8 +52,9 @@ def build(layers: int, heads: int, head_dim: int):
 
 
 def main(argv=None):
-    from difftrack.analysis.metrics import StepReducer, grid_query_tokens
+    from difftrack.analysis.metrics import StepReducer
     from difftrack.analysis import AnalysisConfig, Analyzer
+    from difftrack.evaluation.queries import token_grid
     from difftrack.io import write_json
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +74,7 @@ def main(argv=None):
                           generator=torch.Generator().manual_seed(1))
     embeds = torch.randn(1, g["text_tokens"], 32, generator=torch.Generator().manual_seed(2))
     geometry = backbone.geometry(latents, g["text_tokens"], frame_size=(g["pixel_height"], g["pixel_width"]))
-    queries = grid_query_tokens(geometry, args.grid)
+    queries = token_grid(args.grid, geometry.grid_h, geometry.grid_w)
     config = AnalysisConfig(model=backbone.name, layers=list(range(args.layers)), steps=args.steps, num_steps=50,
                             features=not args.no_features)
     analyzer = Analyzer(backbone, config)
