@@ -46,7 +46,8 @@ from difftrack.data.tapvid import DATASETS, TapVidReader
 from difftrack.errors import OneLineErrorParser, UserError, run_reporting_errors
 from difftrack.evaluation.metrics import METRIC_NAMES, SUMMARY_COLUMNS, average_over_videos
 from difftrack.evaluation.protocols import PROTOCOLS
-from difftrack.io import atomic_path, format_number, json_safe, save_npz, write_json
+from difftrack.formatting import format_number
+from difftrack.io import atomic_path, json_safe, save_npz, write_json
 from difftrack.options import add_device_arguments, check_output_dir, device_and_dtype, output_dir, positive, seed
 
 MODEL_TRACKERS = ("paper", "difftrack")

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from difftrack.io import check_points
+from difftrack.tracker_inputs import check_points
 
 Tracker = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 

@@ -43,8 +43,8 @@ from difftrack.backbones import DEFAULT_BACKBONE, Backbone, as_backbone
 from difftrack.backbones.settings import configured, fill_occlusion_thresholds
 from difftrack.capture import DescriptorCapture
 from difftrack.errors import UserError
-from difftrack.io import check_video_and_queries
 from difftrack.noising import check_step
+from difftrack.tracker_inputs import check_video_and_queries
 
 
 @dataclass

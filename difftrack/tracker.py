@@ -36,11 +36,11 @@ from difftrack.backbones.settings import configured, fill_occlusion_thresholds
 from difftrack.capture import DescriptorCapture, sample_descriptors
 from difftrack.decoding import MotionModel, outside_frame, viterbi_decode
 from difftrack.errors import UserError
-from difftrack.io import check_points, check_video_and_queries
 from difftrack.kernels import match
 from difftrack.kernels.common import window_tokens
 from difftrack.noising import check_noising, prepare_latents
 from difftrack.tracker_config import TEMPORAL_MODES, TRACKERS, UNCALIBRATED_SETTINGS, TrackerConfig
+from difftrack.tracker_inputs import check_points, check_video_and_queries
 
 
 @dataclass

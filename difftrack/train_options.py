@@ -34,8 +34,9 @@ def add_recipe_arguments(parser):
     parser.add_argument("--warmup", type=integer(min=0), default=200, help="linear warm-up steps (default 200)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of weights, clips and noise (default 0)")
     parser.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
-    parser.add_argument("--device", default="cpu",
-                        help="where the model trains: cpu (default) or cuda[:N]; a checkpoint resumes on either. "
+    parser.add_argument("--device", default=None,
+                        help="where the model trains, e.g. cpu, cuda, cuda:1 (default: cuda when available, else cpu, "
+                             "as every command); a checkpoint resumes on either. "
                              "Generator clips are rendered on the CPU; photo clips, and off the CPU the noise, on "
                              "the device, so a run resumed on another device goes on with that device's draws")
     parser.add_argument("--workers", type=positive, default=1,

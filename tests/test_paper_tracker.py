@@ -221,7 +221,7 @@ def test_device_and_dtype_reach_the_backbone_from_every_api_entry():
 
 
 def test_both_trackers_take_float_frames_in_0_1_and_refuse_other_floats():
-    from difftrack.io import check_video_and_queries
+    from difftrack.tracker_inputs import check_video_and_queries
 
     frames = np.random.default_rng(5).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
     video, _ = check_video_and_queries(frames / 255.0, [[0, 4.0, 4.0]])

@@ -18,7 +18,8 @@ import difftrack
 from difftrack.analysis.metrics import BASELINE_METRICS, METRIC_LABELS, METRICS
 from difftrack.analysis.ranking import aggregate, rank
 from difftrack.drawing import pyplot, save_figure
-from difftrack.io import atomic_path, count_noun, format_number, json_safe, write_json
+from difftrack.formatting import count_noun, format_number
+from difftrack.io import atomic_path, json_safe, write_json
 
 DPI = 80
 METHOD_NOTE = (

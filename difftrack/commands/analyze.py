@@ -24,9 +24,9 @@ from pathlib import Path
 
 import difftrack
 from difftrack.backbones import DEFAULT_BACKBONE, check_known_layers
-from difftrack.errors import UserError
 from difftrack.data.tapvid import DATASETS
-from difftrack.io import count_noun
+from difftrack.errors import UserError
+from difftrack.formatting import count_noun
 from difftrack.noising import NOISE_MODES, check_step
 from difftrack.options import add_device_arguments, backbone_options, integer, number, output_dir, positive, seed
 

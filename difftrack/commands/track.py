@@ -54,12 +54,14 @@ from difftrack.commands import check_layers_before_loading, chosen_layers
 from difftrack.errors import UserError
 from difftrack.evaluation.protocols import PROTOCOL_SIZE
 from difftrack.evaluation.queries import query_grid
-from difftrack.io import atomic_path, check_points, format_number, json_safe, load_points, load_tracks, read_video
+from difftrack.formatting import format_number
+from difftrack.io import atomic_path, json_safe, load_points, load_tracks, read_video
 from difftrack.io import write_video
 from difftrack.noising import NOISE_MODES, check_step
 from difftrack.options import add_device_arguments, backbone_options, check_query_memory, integer, number
 from difftrack.options import output_prefix, positive, prefix_for, seed, tracking_bytes_per_query
 from difftrack.tracker_config import TEMPORAL_MODES, TRACKERS, TrackerConfig
+from difftrack.tracker_inputs import check_points
 
 
 DEFAULT_GRID = 8

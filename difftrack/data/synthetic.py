@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from difftrack.evaluation.queries import query_grid
+
 SHAPES = ("disc", "square", "triangle", "diamond")
 TEXTURES = ("speckled", "striped", "checkered", "photographic")
 WALLS = ("brick", "speckled", "striped", "checkered", "photographic")
@@ -356,10 +358,7 @@ def to_tapvid(clip: Clip, num_points: int, seed: int, grid: bool = False) -> dic
     h, w = clip.size
     rng = np.random.default_rng(seed)
     if grid:
-        side = max(1, int(round(np.sqrt(num_points))))
-        g = (np.arange(side) + 0.5) / side
-        gx, gy = np.meshgrid(g * w, g * h)
-        queries = np.stack([np.zeros(side * side), gx.ravel(), gy.ravel()], -1)
+        queries = query_grid(max(1, int(round(np.sqrt(num_points)))), h, w)
     else:
         queries = np.stack([rng.integers(0, clip.num_frames, num_points), rng.uniform(0, w, num_points),
                             rng.uniform(0, h, num_points)], -1)

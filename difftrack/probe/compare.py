@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 from difftrack.errors import UserError
-from difftrack.io import atomic_path, format_number, write_json
+from difftrack.formatting import format_number
+from difftrack.io import atomic_path, write_json
 from difftrack.probe.sweeps import records_csv, task_columns
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from difftrack.drawing import pyplot, save_figure
-from difftrack.io import atomic_path, format_number, write_json
+from difftrack.formatting import format_number
+from difftrack.io import atomic_path, write_json
 from difftrack.probe.tasks import HEADLINE, TASK_METRICS
 
 
