@@ -365,6 +365,14 @@ SCRIPTS = [
     ("benchmarks/track_ablation.py", ["--root", "{in}", "--rows", "best", "--out", "{out}/a"],
      "--rows: invalid choice: 'best'"),
     ("benchmarks/embedded_eval.py", ["--seed-start", "999990"], "held-out seeds must stay below 1000000"),
+    ("studies/embedded_screening.py", ["--rows-dir", "{out}/rows", "--minutes", "3"],
+     "--minutes is an option of the recipe screening, not of --rows-dir"),
+    ("studies/embedded_screening.py", ["--train"], "--train is an option of the v4 screening (--rows-dir)"),
+    ("studies/embedded_screening.py", ["--rows-dir", "{out}/rows", "--rows", "v9"], "--rows: invalid choice: 'v9'"),
+    ("studies/embedded_screening.py", ["--rows-dir", "{out}/rows", "--photo-clips", "{in}/missing"],
+     "no photo clips at {in}/missing"),
+    ("studies/embedded_screening.py", ["--rows-dir", "{out}/rows", "--acceptance-clips", "{in}/missing.npz"],
+     "no acceptance clips at {in}/missing.npz"),
 ]
 
 

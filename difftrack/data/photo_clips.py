@@ -414,10 +414,23 @@ def build_frozen_sets(parameters: dict, photos: Sequence[np.ndarray]) -> tuple[d
     """({set: {clip name: TAP-Vid entry}}, the bank's digest): every clip the parameters name, rendered on the CPU
     (the frozen sets are defined by the CPU's bits)."""
     bank = PhotoBank(photos, parameters["size"], "cpu")
-    sets = {name: {f"photo_{seed}": tapvid_entry(draw_scene(seed, bank, spec["frames"]), bank, parameters["points"])
+    sets = {name: {clip_name(seed): tapvid_entry(draw_scene(seed, bank, spec["frames"]), bank, parameters["points"])
                    for seed in spec["seeds"]}
             for name, spec in parameters["sets"].items()}
     return sets, bank.digest()
+
+
+def clip_name(seed: int) -> str:
+    """The name of clip ``seed`` in a frozen set's TAP-Vid pickle."""
+    return f"photo_{seed}"
+
+
+def clip_seed(name: str) -> int:
+    """The seed of the frozen photo clip called ``name`` (:func:`clip_name`)."""
+    digits = name.removeprefix("photo_")
+    if digits == name or not digits.isdigit():
+        raise UserError(f"{name!r} is not the name of a frozen photo clip (photo_<seed>)")
+    return int(digits)
 
 
 def array_digest(array: np.ndarray) -> str:

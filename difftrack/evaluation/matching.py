@@ -11,6 +11,11 @@ within one token (Chebyshev, token units) of the true position. Scores are poole
   (:func:`~difftrack.evaluation.queries.moved_points`; zero motion scores 0 there by construction);
 - all: every visible pair of frames 1..F-1.
 
+Clips come from the generator (:func:`clip_targets`: a query on every other token) or carry tracked points, as
+TAP-Vid's clips do (:func:`tracked_targets`: the points visible on frame 0, each queried at the token under it).
+Targets are in tokens, so a set scores a model of any input size with the same token grid: each frame is resized to
+the model's input size as it is encoded (64x64 clips at 4 pixels a token score a 128x128 model at 8 the same way).
+
 Next to q-k: intermediate features (cosine of the attention output before to_out), zero motion, the
 noisy-patch baseline (cosine of the noisy pixels under each token) and classical matchers on the same noisy
 input: normalised cross-correlation of the pixels in a window of 1, 3 or 5 tokens around each token. An
@@ -66,6 +71,21 @@ def clip_targets(clip, grid: int, stride_px: float):
     return rows * grid + cols, true_tok, visible, moved
 
 
+def tracked_targets(true_tok: np.ndarray, visible: np.ndarray, grid: int):
+    """What a clip with tracked points is scored on: the points visible on frame 0, each queried at the token under
+    it. ``true_tok`` (N, F, 2): the points' true positions in tokens of a ``grid`` x ``grid`` grid; ``visible`` (N, F).
+    Returns query_index (Q,), true_tok (Q, F, 2), visible (Q, F) (never on frame 0) and moved (Q, F): more than one
+    token from the centre of the query's token, the position zero motion predicts (so that zero motion scores 0 on
+    moved points, as on generator clips, whose queries sit on token centres)."""
+    queried = np.flatnonzero(visible[:, 0])
+    cols, rows = np.clip(np.floor(true_tok[queried, 0]), 0, grid - 1).astype(np.int64).T
+    true_tok = true_tok[queried]
+    moved = moved_points(true_tok, np.stack([cols, rows], -1) + 0.5, 1.0)
+    visible = visible[queried].copy()
+    visible[:, 0] = False  # frame 0 is the query frame itself
+    return rows * grid + cols, true_tok, visible, moved
+
+
 def correct_from_argmax(argmax: np.ndarray, true_tok: np.ndarray, grid: int) -> np.ndarray:
     """Whether each matched token (flat index on a ``grid``-wide token grid) is within one token of the truth."""
     pred = np.stack([argmax % grid + 0.5, argmax // grid + 0.5], -1)
@@ -98,14 +118,18 @@ def ncc_windows(noisy: torch.Tensor, patch: int, window: int) -> torch.Tensor:
 def matching_accuracy(model: str, clips: dict, backend: str = "auto", progress: bool = True,
                       noise_levels=NOISE_LEVELS, device=None, dtype=None) -> dict:
     """Matching accuracy of every layer's q-k and features, and of the baselines, at each noise level, on
-    ``clips`` (as :func:`difftrack.data.clips.make_clips` makes them). Returns {"model", "describe", "qk":
-    {layer: {s: tally}}, "feature": the same, "baselines": {baseline: {s: tally}}} with string keys."""
+    ``clips`` (as :mod:`difftrack.data.clips` makes them) on the model's token grid, at any pixel size (each frame is
+    resized to the model's input size). The baselines see the noisy input at that size, with the model's patch.
+    Returns {"model", "describe", "qk": {layer: {s: tally}}, "feature": the same, "baselines": {baseline: {s:
+    tally}}} with string keys."""
     bb = create_backbone(model, device=device, dtype=dtype)
     size = bb.native_size
     patch = bb.patch_size
     grid = (size[0] // patch, size[1] // patch)
-    if clips["video"].shape[2:4] != tuple(size):
-        raise UserError(f"the clips are {clips['video'].shape[2:4]}, {model} works at {tuple(size)}")
+    clip_grid = int(clips["grid"])
+    if (clip_grid, clip_grid) != grid:
+        raise UserError(f"the clips are scored on a {clip_grid}x{clip_grid} token grid, {model} has "
+                        f"{grid[0]}x{grid[1]} tokens")
     layers = list(range(bb.num_layers))
     embeds = bb.encode_prompt([""])
     tallies = {(kind, layer, s): Tally() for kind in ("qk", "feature") for layer in layers for s in noise_levels}
