@@ -43,6 +43,7 @@ from difftrack.backbones import DEFAULT_BACKBONE, Backbone, as_backbone
 from difftrack.backbones.settings import configured, fill_occlusion_thresholds
 from difftrack.capture import DescriptorCapture
 from difftrack.errors import UserError
+from difftrack.kernels.torch_chunked import reverse_cost
 from difftrack.noising import check_step
 from difftrack.tracker_inputs import check_video_and_queries
 
@@ -129,17 +130,15 @@ def two_way_costs(q_source: torch.Tensor, k_target: torch.Tensor, q_target: torc
     anchor_tokens = k_anchor.shape[1]
     chunk = max(1, memory_budget // (tokens * anchor_tokens * 4))
     forward = torch.zeros(q_source.shape[1], tokens, device=q_source.device)
-    reverse = torch.zeros(tokens, anchor_tokens, device=q_source.device)
     for h in range(0, heads, chunk):
         heads_here = slice(h, h + chunk)
         forward += torch.softmax(scale * q_source[heads_here].float() @ k_target[heads_here].float().transpose(1, 2),
                                  -1).sum(0)
-        reverse += torch.softmax(scale * q_target[heads_here].float() @ k_anchor[heads_here].float().transpose(1, 2),
-                                 -1).sum(0)
     forward /= heads
-    reverse /= heads
-    cost = (forward + reverse[:, source_index].T) / 2
-    return cost, (reverse if keep_reverse else None)
+    columns = torch.arange(anchor_tokens, device=q_source.device) if keep_reverse else source_index
+    reverse = reverse_cost(q_target, k_anchor, columns, scale, torch.float32, memory_budget)
+    cost = (forward + (reverse[source_index] if keep_reverse else reverse)) / 2
+    return cost, (reverse.T if keep_reverse else None)
 
 
 class PaperTracker:

@@ -82,6 +82,10 @@ def test_track_from_a_later_query_frame_is_repeatable(pipelines, clip, kind, tra
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
 
 
+# Sources that draw noise: each runs twice, the same seed giving the same metrics.
+RANDOM_SOURCES = ("real-add", "generated")
+
+
 @pytest.mark.parametrize("kind", TINY_KINDS)
 def test_analyze_generated_and_real_video_in_every_noise_mode(pipelines, clip, kind, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
@@ -98,7 +102,7 @@ def test_analyze_generated_and_real_video_in_every_noise_mode(pipelines, clip, k
         sources["generated"] = generated
     for name, source in sources.items():
         results = []
-        for run in ("a", "b"):
+        for run in ("a", "b") if name in RANDOM_SOURCES else ("a",):
             _run(capsys, "analyze", *source, *common, "--out", tmp_path / name / run)
             results.append(json.loads((tmp_path / name / run / "results.json").read_text()))
         video = results[0]["videos"][0]
@@ -109,7 +113,8 @@ def test_analyze_generated_and_real_video_in_every_noise_mode(pipelines, clip, k
         mass = np.array(video["metrics"]["attn_own"], dtype=float) + np.array(video["metrics"]["attn_cross"], dtype=float)
         assert accuracy.shape == (2, 1) and not ((accuracy < 0) | (accuracy > 1)).any(), name
         assert mass.shape == (2, 1) and np.isfinite(mass).all() and (mass <= 1 + 1e-6).all(), name
-        assert results[0]["videos"][0]["metrics"] == results[1]["videos"][0]["metrics"], name
+        if name in RANDOM_SOURCES:
+            assert results[1]["videos"][0]["metrics"] == video["metrics"], name
 
 
 @pytest.mark.parametrize("kind", TINY_KINDS)
