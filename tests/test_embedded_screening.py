@@ -98,8 +98,8 @@ def test_the_screening_scores_finished_rows_at_each_models_size_and_resumes(scre
     assert done.returncode == 0, done.stderr[-3000:]
     row_file = screening / "out" / "screening-v4" / "mix-128.json"
     row = json.loads(row_file.read_text())
-    assert sorted(p.name for p in (screening / "out" / "screening-v4").iterdir()) == ["mix-128.json",
-                                                                                    "tracking_baselines.json"]
+    assert sorted(p.name for p in (screening / "out" / "screening-v4").iterdir()) == [
+        "mix-128.json", "shipped-v2.json", "tracking_baselines.json"]
     assert row["commands"]["twin"].endswith(f"--size 128 --patch 8 --image-twin --out {screening}/rows/mix-128/twin "
                                             f"--run-dir {screening}/rows/mix-128/twin-run")
     assert row["steps"] == {"video": 2, "twin": 2}
@@ -117,7 +117,11 @@ def test_the_screening_scores_finished_rows_at_each_models_size_and_resumes(scre
     table = (screening / "out" / "screening-v4.md").read_text()
     assert "| mix-128: the procedural mix, 128/8 pixels per token (`--size 128 --patch 8`) | 0." in table
     assert ("| photos-256: photographs, 256/16 pixels per token (`--data photos --size 256 --patch 16`) | "
-            "not finished |") in table
+            "not trained: ") in table
+    assert "| photos-64: photographs, 64/4 pixels per token (`--data photos`) | not finished |" in table
+    shipped = json.loads((screening / "out" / "screening-v4" / "shipped-v2.json").read_text())
+    assert shipped["steps"] == {"video": 3000, "twin": 3000} and shipped["models"]["video"]["input_size"] == [64, 64]
+    assert "| shipped-v2: the shipped tiny-video and tiny-image" in table and "(3000 / 3000 steps) | 0." in table
     assert "- acceptance clips at 128/8: noisy patch " in table and "lucas kanade" in table
     assert f"- photos-64: `difftrack train-tiny --steps 559 --warmup 111 --no-bf16 --data photos --out " \
            f"{screening}/rows/photos-64/video --run-dir {screening}/rows/photos-64/video-run`" in table
@@ -126,9 +130,19 @@ def test_the_screening_scores_finished_rows_at_each_models_size_and_resumes(scre
     again = _study(screening)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "mix-128: scored already" in again.stdout and row_file.stat().st_mtime_ns == scored
+    assert "shipped-v2: scoring" not in again.stdout
 
 
 def test_the_screening_never_trains_unless_asked(screening):
-    done = _study(screening, "--rows", "mix-64")
+    done = _study(screening, "--rows", "mix-64", "--long-run", str(screening / "long"))
     assert done.returncode == 0 and "mix-64: not finished training, not scored" in done.stdout
-    assert not (screening / "rows" / "mix-64").exists()
+    assert "mix-64-long: not finished training, not scored" in done.stdout
+    assert not (screening / "rows" / "mix-64").exists() and not (screening / "long").exists()
+
+
+def test_the_long_runs_commands_are_the_winners_with_more_steps(screening):
+    shown = _study(screening, "--rows", "mix-64", "--long-run", str(screening / "long"), "--show-commands")
+    row, long = shown.stdout.splitlines()[:2], shown.stdout.splitlines()[2:]
+    assert len(long) == 2 and long[1].startswith("difftrack train-tiny --steps 6000 --warmup 400 --no-bf16 ")
+    assert [c.split("--out")[0].replace("559 --warmup 111", "6000 --warmup 400") for c in row] == [
+        c.split("--out")[0] for c in long]
