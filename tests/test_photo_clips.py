@@ -58,6 +58,11 @@ def _centroids(frames):
     return np.stack([(frames * xx).sum((1, 2)) / safe, (frames * yy).sum((1, 2)) / safe], -1), mass
 
 
+def _first_scene(layout, frames, wanted):
+    """The scene of the first seed below 100 that has what ``wanted`` asks for."""
+    return next(scene for scene in (draw_scene(seed, layout, frames) for seed in range(100)) if wanted(scene))
+
+
 def _to_texel(affine, point):
     return affine[:, :2] @ point + affine[:, 2]
 
@@ -68,11 +73,8 @@ def test_a_bright_dot_on_the_wall_lands_where_its_track_says_and_leaves_with_it(
     blank = _dot(shape, (-100, -100))
     layout = PhotoBank([blank, blank], size)
     # A clip whose camera pans, zooms and rolls, without sprites; the dot sits under pixel (30.5, 33.5) of frame 0.
-    for seed in range(100):
-        scene = draw_scene(seed, layout, frames)
-        zoom = np.linalg.det(scene.screen_to_layer[:, 0, :, :2]) ** 0.5
-        if scene.photo[0] == 0 and np.ptp(zoom) > 0.05:
-            break
+    scene = _first_scene(layout, frames, lambda scene: scene.photo[0] == 0 and np.ptp(
+        np.linalg.det(scene.screen_to_layer[:, 0, :, :2]) ** 0.5) > 0.05)
     scene = dataclasses.replace(scene, present=np.array([True, False, False]))
     query = np.array([[0, 30.5, 33.5]])
     texel = _to_texel(scene.layer_to_texel[0], _to_texel(scene.screen_to_layer[0, 0], query[0, 1:] / size))
@@ -92,10 +94,8 @@ def test_a_bright_dot_on_a_sprite_follows_the_sprite():
     shape = (2 * size, 2 * size)
     blank = _dot(shape, (-100, -100))
     layout = PhotoBank([blank, blank], size)
-    for seed in range(100):
-        scene = draw_scene(seed, layout, frames)
-        if scene.present[1] and not scene.present[2] and scene.photo[1] == 1:
-            break
+    scene = _first_scene(layout, frames, lambda scene: scene.present[1] and not scene.present[2]
+                         and scene.photo[1] == 1)
     # The dot at the texture's centre: sprite-local (0, 0), inside every shape (bank texels, counted in the photo).
     texel = _to_texel(scene.layer_to_texel[1], np.zeros(2)) - layout.boxes[1, :2]
     bank = PhotoBank([blank, _dot(shape, texel, channel=2)], size)
