@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from difftrack.backbones import Backbone
 from difftrack.cli import main
 from difftrack.data.synthetic import generate_clip
 from difftrack.io import write_video
@@ -129,6 +130,8 @@ GENERATE = [
     (["generate", "--prompt", "a disc moves up", "--frames", "0", "--out", "{out}/v.mp4"], "--frames: must be an integer"),
     (["generate", "--prompt", "a disc moves up", "--cag-steps", "3", "1", "--guidance", "cag", "--out", "{out}/v.mp4"],
      "is not a range"),
+    (["generate", "--prompt", "a disc moves up", "--cag-steps", "40", "50", "--guidance", "cag", "--out", "{out}/v.mp4"],
+     "CAG would never act"),
     (["generate", "--prompt", "a cat jumps over a dog", "--out", "{out}/v.mp4"], "does not know the word(s) cat, jumps, dog"),
     (["generate", "--prompt", "  ", "--out", "{out}/v.mp4"], "--prompt is empty"),
     (["generate", "--prompt", "a disc moves up", "--device", "meta", "--out", "{out}/v.mp4"], "runs on cpu or cuda"),
@@ -279,15 +282,31 @@ def _files(*roots: Path) -> set[str]:
     return {str(p) for root in roots for p in root.rglob("*")}
 
 
+# Errors only the loaded model can find: its tokenizer's vocabulary (word-level only in the embedded models,
+# which load in about a second).
+FOUND_BY_THE_MODEL = ("does not know the word(s)",)
+
+
 def _check(run, argv, message, inputs, tmp_path, capfd, monkeypatch):
-    """``run(argv)`` in this process (the CLI's entry point)."""
+    """``run(argv)`` in this process (the CLI's entry point); unless only the model can find the error, no model
+    may load."""
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.chdir(tmp_path)  # default output names land here, where the test can see them
     argv, message = _places(argv, message, inputs, out)
     before = _files(inputs, tmp_path)
+    loaded = []
+    if not message.startswith(FOUND_BY_THE_MODEL):
+        build = Backbone.__init__
+
+        def recorded_build(self, name, *args, **kwargs):
+            loaded.append(name)
+            build(self, name, *args, **kwargs)
+
+        monkeypatch.setattr(Backbone, "__init__", recorded_build)
     code = run(argv)
     _check_failure(code, capfd.readouterr().err, message)
+    assert not loaded, f"the error came after {loaded} loaded"
     assert _files(inputs, tmp_path) == before, "a failed command left files behind"
 
 

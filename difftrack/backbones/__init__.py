@@ -14,6 +14,7 @@ from difftrack.backbones._registry import (
     BackboneEntry,
     TinyConfig,
     check_known_layers,
+    known_adapter,
     list_backbones,
     register_backbone,
     register_checkpoint,
@@ -27,4 +28,4 @@ from difftrack.backbones.base import Backbone, ProcessorCall
 __all__ = ["Backbone", "ProcessorCall", "BackboneEntry", "TinyConfig", "register_backbone", "register_checkpoint",
            "register_component_loader", "register_pipeline_loader", "register_tiny_config", "tiny_configs",
            "component_loader", "load_component", "create_backbone", "as_backbone", "list_backbones",
-           "check_known_layers", "DEFAULT_BACKBONE", "DEFAULT_IMAGE_TWIN"]
+           "check_known_layers", "known_adapter", "DEFAULT_BACKBONE", "DEFAULT_IMAGE_TWIN"]

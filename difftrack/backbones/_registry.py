@@ -168,6 +168,19 @@ def pipeline_loader(cls_name: str, name: str, directory: str) -> PipelineLoader:
                     f"{', '.join(sorted(_PIPELINE_LOADERS))}")
 
 
+def known_adapter(name_or_path: str) -> type | None:
+    """The adapter a model loads into, from the registry or its model_index.json alone, without loading weights
+    (None where that file is not here)."""
+    entry = registered(name_or_path)
+    if entry is not None:
+        return entry.adapter
+    index = _model_file(name_or_path, "model_index.json")
+    if index is None:
+        return None
+    cls_name = read_json_file(index, "a pipeline's model_index.json").get("_class_name", "")
+    return pipeline_loader(cls_name, name_or_path, os.path.dirname(index)).adapter
+
+
 def known_layer_count(name_or_path: str) -> int | None:
     """Attention layers of a model, from the registry or its configs alone, without loading weights (None where
     they are not here, for the loaded model to check)."""
@@ -177,16 +190,20 @@ def known_layer_count(name_or_path: str) -> int | None:
         if entry.adapter is not None and path is not None and os.path.isfile(path):
             return _layer_count(entry.adapter, path)
         return entry.architecture[0] if entry.architecture else None
+    config = _model_file(name_or_path, "transformer/config.json")
+    adapter = known_adapter(name_or_path) if config is not None else None
+    return None if adapter is None else _layer_count(adapter, config)
+
+
+def _model_file(name_or_path: str, filename: str) -> str | None:
+    """A pipeline file of a local directory or of a hub id's cached snapshot, where it is here."""
     if os.path.isdir(name_or_path):
-        index, config = (os.path.join(name_or_path, f) for f in ("model_index.json", "transformer/config.json"))
+        path = os.path.join(name_or_path, filename)
     elif "/" in name_or_path:
-        index, config = (cached_hub_file(name_or_path, f) for f in ("model_index.json", "transformer/config.json"))
+        path = cached_hub_file(name_or_path, filename)
     else:
         return None
-    if not all(path is not None and os.path.isfile(path) for path in (index, config)):
-        return None
-    cls_name = read_json_file(index, "a pipeline's model_index.json").get("_class_name", "")
-    return _layer_count(pipeline_loader(cls_name, name_or_path, os.path.dirname(index)).adapter, config)
+    return path if path is not None and os.path.isfile(path) else None
 
 
 def _layer_count(adapter: type, config_path: str) -> int | None:

@@ -117,10 +117,12 @@ def build_jobs(args, prompts: list[str] | None) -> tuple[list, dict[str, int]]:
     if args.tapvid:
         from difftrack.data.tapvid import TapVidReader
 
-        reader = TapVidReader(args.dataset, args.tapvid)
-        names = [name for name, _ in reader.entries()]
-        if args.limit is not None:
-            names = names[:args.limit]
+        names = []
+        for name, load in TapVidReader(args.dataset, args.tapvid).entries():
+            if len(names) == args.limit:
+                break
+            load.check()
+            names.append(name)
         return [VideoJob("tapvid", name, path=args.tapvid, dataset=args.dataset) for name in names], {}
     if args.tracks and len(args.tracks) != len(args.video):
         raise UserError(f"got {len(args.video)} videos but {len(args.tracks)} tracks files; pass one per video")

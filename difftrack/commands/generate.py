@@ -19,6 +19,7 @@ prompts file: one prompt per line; blank lines and lines starting with # are ski
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -109,6 +110,11 @@ def run(args):
     image = read_image(args.image) if args.image else None
     if args.guidance == "cag":
         check_layers_before_loading(args.model, args.cag_layers, "--cag-layers")
+    guidance = GuidanceConfig(args.guidance, cfg_scale, cag_scale, (),
+                              tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)
+    if args.cag_steps and args.cag_steps[0] >= args.steps:
+        raise UserError(f"--cag-steps starts at step {args.cag_steps[0]}, but there are only --steps {args.steps} "
+                        f"(indices 0..{args.steps - 1}); CAG would never act")
 
     from difftrack.sampling import sample
 
@@ -128,8 +134,7 @@ def run(args):
         layers = chosen_layers(args.cag_layers, "--cag-layers", args.recommendation, backbone)[0]
         layers = backbone.default_cag_layers() if layers is None else layers
     backbone.check_prompt_words(prompts + [args.negative_prompt])
-    guidance = GuidanceConfig(args.guidance, cfg_scale, cag_scale, tuple(layers),
-                              tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)
+    guidance = dataclasses.replace(guidance, cag_layers=tuple(layers))
     settings = {"guidance": args.guidance, "cfg_scale": cfg_scale, "cag_scale": cag_scale, "cag_layers": layers,
                 "cag_steps": args.cag_steps, "steps": args.steps, "negative_prompt": args.negative_prompt,
                 "image": args.image, "offload": args.offload,

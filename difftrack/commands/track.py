@@ -49,7 +49,7 @@ import time
 import numpy as np
 
 import difftrack
-from difftrack.backbones import DEFAULT_BACKBONE
+from difftrack.backbones import DEFAULT_BACKBONE, known_adapter
 from difftrack.commands import check_layers_before_loading, chosen_layers
 from difftrack.errors import UserError
 from difftrack.evaluation.protocols import PROTOCOL_SIZE
@@ -178,10 +178,14 @@ def run(args):
 
     video, fps = read_video(args.video, allow_short=args.allow_short_video)
     num_frames, height, width = video.shape[:3]
-    # What can be checked without the model, before it loads: the tracker's options, layers and steps, and the
-    # memory the queries take.
-    if args.tracker:
-        check_tracker_options(args, args.tracker)
+    # What can be checked without the model, before it loads: the tracker's options (the model's default tracker
+    # is known from its registry entry or model_index.json), layers and steps, and the memory the queries take.
+    adapter = known_adapter(args.model)
+    kind = args.tracker or (adapter.default_tracker if adapter is not None else None)
+    if kind is not None:
+        check_tracker_options(args, kind)
+    if (args.height is None) != (args.width is None):
+        raise UserError("give --height and --width together (or neither, for the paper's size)")
     check_layers_before_loading(args.model, args.layers, "--layers")
     for step in args.steps or ():
         if args.num_steps:  # without it the range is the model's own schedule
@@ -217,14 +221,13 @@ def run(args):
         options_steps, options_num_steps = rec_steps, rec_num_steps
     else:
         options_steps, options_num_steps = args.steps, args.num_steps
-    kind = args.tracker or backbone.default_tracker
-    check_tracker_options(args, kind)
+    if kind is None:  # a model whose adapter is known only now that it has loaded
+        kind = backbone.default_tracker
+        check_tracker_options(args, kind)
     options = {"layers": layers, "steps": options_steps, "num_steps": options_num_steps}
     if args.cycle_threshold is not None:
         options["cycle_threshold"] = args.cycle_threshold
     if kind == "paper":
-        if (args.height is None) != (args.width is None):
-            raise UserError("give --height and --width together (or neither, for the paper's size)")
         options.update(release_quirks=args.release_quirks, vae_sample_seed=args.vae_sample_seed,
                        occlusion=args.occlusion, chunk=args.chunk,
                        size=None if args.height is None else (args.height, args.width))

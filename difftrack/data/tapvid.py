@@ -13,7 +13,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -123,16 +123,17 @@ class TapVidReader:
         """Number of videos, or None for Kinetics (known only after reading every shard)."""
         return None if self._entries is None else len(self._entries)
 
-    def entries(self) -> Iterator[tuple[str, Callable[[], TapVidVideo]]]:
-        """Yield ``(name, load)`` in sorted order; ``load()`` decodes that video only when called."""
+    def entries(self) -> Iterator[tuple[str, TapVidEntry]]:
+        """Yield ``(name, load)`` in sorted order; ``load()`` decodes that video only when called, and
+        ``load.check()`` validates it without decoding."""
         if isinstance(self._entries, dict):
             for name in sorted(self._entries):
-                yield name, _loader(self._entries[name], str(name), self.source)
+                yield name, TapVidEntry(self._entries[name], str(name), self.source)
         elif isinstance(self._entries, list):
             width = max(4, len(str(len(self._entries) - 1)))
             for i, entry in enumerate(self._entries):
                 name = f"{i:0{width}d}"
-                yield name, _loader(entry, name, self.source)
+                yield name, TapVidEntry(entry, name, self.source)
         else:
             for shard in self._shards:
                 entries = restricted_load(shard)
@@ -141,7 +142,7 @@ class TapVidReader:
                                     f"list of videos")
                 for i, entry in enumerate(entries):
                     name = f"{shard.stem}_{i:04d}"
-                    yield name, _loader(entry, name, shard)
+                    yield name, TapVidEntry(entry, name, shard)
                 del entries
 
     def load(self, name: str) -> TapVidVideo:
@@ -151,28 +152,35 @@ class TapVidReader:
         raise UserError(f"{self.dataset} has no video named {name!r}")
 
 
-def _loader(entry, name: str, source: Path) -> Callable[[], TapVidVideo]:
-    return lambda: _parse_entry(entry, name, source)
+class TapVidEntry:
+    """One stored entry: ``check()`` validates its structure without decoding a frame, calling it decodes it."""
 
+    def __init__(self, raw, name: str, source: Path):
+        self.raw, self.name, self.source = raw, name, source
 
-def _parse_entry(entry, name: str, source: Path) -> TapVidVideo:
-    if not isinstance(entry, dict) or not {"video", "points", "occluded"} <= set(entry):
-        raise UserError(f"video {name} in {source} is not a TAP-Vid entry (a dict with 'video', 'points' and "
-                        f"'occluded')")
-    video = entry["video"]
-    if isinstance(video, (list, tuple)) or (isinstance(video, np.ndarray) and video.dtype == object):
-        video = np.stack([_decode_jpeg(frame, name, source) for frame in video])
-    video = np.asarray(video)
-    points = np.asarray(entry["points"], dtype=np.float32)
-    occluded = np.asarray(entry["occluded"]).astype(bool)
-    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-        raise UserError(f"video {name} in {source} has frames {video.dtype} {video.shape}; expected uint8 "
-                        f"(T, H, W, 3)")
-    num_frames = video.shape[0]
-    if points.ndim != 3 or points.shape[1:] != (num_frames, 2) or occluded.shape != points.shape[:2]:
-        raise UserError(f"video {name} in {source} has points {points.shape} and occluded {occluded.shape}; "
-                        f"expected (N, {num_frames}, 2) and (N, {num_frames})")
-    return TapVidVideo(name, video, points, occluded)
+    def check(self) -> None:
+        raw, name, source = self.raw, self.name, self.source
+        if not isinstance(raw, dict) or not {"video", "points", "occluded"} <= set(raw):
+            raise UserError(f"video {name} in {source} is not a TAP-Vid entry (a dict with 'video', 'points' and "
+                            f"'occluded')")
+        video = raw["video"]
+        if isinstance(video, np.ndarray) and video.dtype != object and (
+                video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8):
+            raise UserError(f"video {name} in {source} has frames {video.dtype} {video.shape}; expected uint8 "
+                            f"(T, H, W, 3)")
+        num_frames = len(video)
+        points, occluded = np.shape(raw["points"]), np.shape(raw["occluded"])
+        if len(points) != 3 or points[1:] != (num_frames, 2) or occluded != points[:2]:
+            raise UserError(f"video {name} in {source} has points {points} and occluded {occluded}; "
+                            f"expected (N, {num_frames}, 2) and (N, {num_frames})")
+
+    def __call__(self) -> TapVidVideo:
+        self.check()
+        video = self.raw["video"]
+        if isinstance(video, (list, tuple)) or (isinstance(video, np.ndarray) and video.dtype == object):
+            video = np.stack([_decode_jpeg(frame, self.name, self.source) for frame in video])
+        points = np.asarray(self.raw["points"], dtype=np.float32)
+        return TapVidVideo(self.name, np.asarray(video), points, np.asarray(self.raw["occluded"]).astype(bool))
 
 
 def _decode_jpeg(data, name: str, source: Path) -> np.ndarray:
