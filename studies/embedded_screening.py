@@ -292,6 +292,15 @@ def row_finished(rows_dir: Path, name: str) -> bool:
     return all(model_finished(rows_dir / name / role) for role in ROLES)
 
 
+def model_reference(path: Path) -> str:
+    """What to load ``path`` as: a shipped model by its registry name, so that it is scored as users get it, with
+    the tracker's occlusion thresholds calibrated for that name (difftrack/calibration/); any other by its path."""
+    from difftrack.backbones.embedded import EMBEDDED_DIR
+
+    shipped = {EMBEDDED_DIR / name: name for name in ("tiny-video", "tiny-image")}
+    return shipped.get(Path(path), str(path))
+
+
 def score_model(path: Path, acceptance: dict, photos: PhotoClips) -> dict:
     """One model's q-k matching on both clip sets and its tracking on the photo clips, each timed."""
     import torch
@@ -300,7 +309,7 @@ def score_model(path: Path, acceptance: dict, photos: PhotoClips) -> dict:
     from difftrack.evaluation.scoring import score_tracker
     from difftrack.tracker import create_tracker
 
-    backbone = create_backbone(str(path))
+    backbone = create_backbone(model_reference(path))
     height, width = backbone.native_size
     grid = width // backbone.patch_size
     sets = {"acceptance": acceptance, "photos": photos.matching(grid, backbone.frame_window)}

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from difftrack.backbones.settings import UNCALIBRATED, occlusion_thresholds
 from difftrack.data.clips import load_clips, make_clips, save_clips, save_tapvid, tapvid_fixture, tracked_clips
 from difftrack.data.photo_clips import clip_name, clip_seed
 from difftrack.errors import UserError
 from difftrack.evaluation.matching import tracked_targets
+from difftrack.io import json_safe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,6 +123,11 @@ def test_the_screening_scores_finished_rows_at_each_models_size_and_resumes(scre
     assert "| photos-64: photographs, 64/4 pixels per token (`--data photos`) | not finished |" in table
     shipped = json.loads((screening / "out" / "screening-v4" / "shipped-v2.json").read_text())
     assert shipped["steps"] == {"video": 3000, "twin": 3000} and shipped["models"]["video"]["input_size"] == [64, 64]
+    # scored as users get it: by its registry name, with the occlusion thresholds calibrated for that name
+    calibrated = json_safe(occlusion_thresholds("tiny-video"))
+    assert calibrated != json_safe(UNCALIBRATED)
+    tracker = shipped["models"]["video"]["tracking"]["tracker"]
+    assert {k: tracker[k] for k in calibrated} == calibrated
     assert "| shipped-v2: the shipped tiny-video and tiny-image" in table and "(3000 / 3000 steps) | 0." in table
     assert "- acceptance clips at 128/8: noisy patch " in table and "lucas kanade" in table
     assert f"- photos-64: `difftrack train-tiny --steps 559 --warmup 111 --no-bf16 --data photos --out " \
