@@ -20,6 +20,9 @@ zero_motion, lucas_kanade; the two model trackers share one loaded model. Output
 - summary.json {tracker: {metric: value in [0, 1]}} averaged over videos, plus "run": the dataset, protocol,
   device, dtype, model, its revision and every model tracker's settings; summary.md (the same, x100);
 - per_video.csv, one row per (tracker, video);
+- timing.json: this invocation's wall and CPU seconds (rank 0's process, children included), torch's threads
+  and the load average at its end (kept apart from summary.json, which a resumed or multi-process run gives
+  bit for bit);
 - predictions_{tracker}.npz: per video v, ``v/tracks`` float32 (N, T, 2) raster (x, y) and
   ``v/occluded`` bool (N, T) for every track in its original order (the prediction from the track's
   first query; never-queried tracks hold zeros and occluded True), and, so that 'strided' runs can be
@@ -38,8 +41,10 @@ import argparse
 import csv
 import io
 import os
+import resource
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from difftrack.data.tapvid import DATASETS, TapVidReader
@@ -131,6 +136,7 @@ def _settings(tracker) -> dict:
 def run(args: argparse.Namespace) -> None:
     from difftrack.evaluation.scoring import score_dataset
 
+    started = (time.perf_counter(), _cpu_seconds())
     reader = TapVidReader(args.dataset, args.root)
     args.model = args.model or _default_model()
     trackers, facts = build_trackers(args)
@@ -144,7 +150,21 @@ def run(args: argparse.Namespace) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         run_facts = {"dataset": args.dataset, "protocol": args.protocol, "videos": len(videos), **facts}
         write_outputs(args.out, args.trackers, videos, run_facts)
+        write_json(args.out / "timing.json", timing(*started))
         shutil.rmtree(args.out / "partial", ignore_errors=True)
+
+
+def _cpu_seconds() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def timing(wall_start: float, cpu_start: float) -> dict:
+    import torch
+
+    return {"wall_seconds": round(time.perf_counter() - wall_start, 1),
+            "cpu_seconds": round(_cpu_seconds() - cpu_start, 1), "threads": torch.get_num_threads(),
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _default_model() -> str:

@@ -124,6 +124,8 @@ def _check_outputs(root, out, trackers, mode, limit=None):
     run = summary.pop("run")
     assert list(summary) == trackers and run["protocol"] == mode and run["videos"] == len(names)
     assert not (out / "partial").exists()  # a finished run keeps no partial results
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["wall_seconds"] > 0 and timing["cpu_seconds"] > 0 and len(timing["load_average_after"]) == 3
     for metrics in summary.values():
         assert list(metrics) == list(METRIC_NAMES) and all(0 <= v <= 1 for v in metrics.values())
     rows = _read_csv(out / "per_video.csv")
