@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> None:
 
     started = (time.perf_counter(), _cpu_seconds())
     reader = TapVidReader(args.dataset, args.root)
+    reader.checked_names(args.limit)
     args.model = args.model or _default_model()
     trackers, facts = build_trackers(args)
     run_config = {"dataset": args.dataset, "source": str(reader.source), "protocol": args.protocol}

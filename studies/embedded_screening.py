@@ -297,8 +297,8 @@ def model_reference(path: Path) -> str:
     the tracker's occlusion thresholds calibrated for that name (difftrack/calibration/); any other by its path."""
     from difftrack.backbones.embedded import EMBEDDED_DIR
 
-    shipped = {EMBEDDED_DIR / name: name for name in ("tiny-video", "tiny-image")}
-    return shipped.get(Path(path), str(path))
+    shipped = {(EMBEDDED_DIR / name).resolve(): name for name in ("tiny-video", "tiny-image")}
+    return shipped.get(Path(path).resolve(), str(path))
 
 
 def score_model(path: Path, acceptance: dict, photos: PhotoClips) -> dict:

@@ -55,6 +55,8 @@ TRACK = [
     (["track", "{in}/clip.mp4", "--points", "{in}/outside.json"], "lies outside"),
     (["track", "{in}/clip.mp4", "--points", "{in}/late.json"], "query frame 40"),
     (["track", "{in}/clip.mp4", "--model", "no-such-model"], "no-such-model"),
+    (["track", "{in}/clip.mp4", "--model", "{in}/no/such/model"], "there is no model directory at"),
+    (["track", "{in}/clip.mp4", "--tracker", "paper", "--model", "runs/no-such-model"], "there is none at"),
     (["track", "{in}/clip.mp4", "--device", "gpu0"], "is not a torch device"),
     (["track", "{in}/clip.mp4", "--dtype", "float8"], "invalid choice: 'float8'"),
     (["track", "{in}/clip.mp4", "--out", "{file}/tracks"], "is a file, not a directory"),
@@ -216,6 +218,9 @@ TAPVID = [
     (["--dataset", "davis", "--root", "{in}/bad_shape.pkl", "--trackers", "zero_motion", "--out", "{file}/t"],
      "is a file, not a directory"),
     (["--dataset", "davis", "--root", "{in}/bad_shape.pkl", "--limit", "-1", "--out", "{out}/t"], "--limit"),
+    # a malformed entry is found before the model is looked for
+    (["--dataset", "davis", "--root", "{in}/bad_shape.pkl", "--model", "{in}/no_such_model", "--out", "{out}/t"],
+     "has points"),
     (["--dataset", "davis", "--root", "{in}/clip.mp4", "--out", "{out}/t"], "not a readable TAP-Vid pickle"),
 ]
 

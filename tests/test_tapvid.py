@@ -1,5 +1,6 @@
 import os
 import pickle
+import re
 
 import cv2
 import numpy as np
@@ -124,6 +125,41 @@ def test_entry_without_tapvid_fields_is_a_user_error(tmp_path):
     (tmp_path / "tapvid_davis.pkl").write_bytes(pickle.dumps({"bear": {"video": np.zeros((2, 4, 4, 3), np.uint8)}}))
     with pytest.raises(UserError, match="not a TAP-Vid entry"):
         TapVidReader("davis", tmp_path).load("bear")
+
+
+def _jpeg(height, width):
+    return cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))[1].tobytes()
+
+
+@pytest.mark.parametrize("video, message", [
+    (None, "has frames of type NoneType"),
+    ("abc", "has frames of type str"),
+    (np.zeros((4, 32, 48), np.uint8), "has frames uint8 (4, 32, 48)"),
+    (np.zeros((4, 32, 48, 3), np.float32), "has frames float32"),
+    ([b"jpeg", 3, b"jpeg", b"jpeg"], "holds frames that are not JPEG bytes"),
+    ([_jpeg(32, 48), _jpeg(32, 48), b"not a jpeg", _jpeg(32, 48)], "not a decodable JPEG"),
+    ([_jpeg(32, 48), _jpeg(32, 48), _jpeg(16, 48), _jpeg(32, 48)], "holds frames of different sizes"),
+])
+def test_a_malformed_video_is_a_user_error_and_its_structure_is_found_without_decoding(tmp_path, video, message):
+    entry = _entry(num_frames=4)
+    entry["video"] = video
+    (tmp_path / "tapvid_davis.pkl").write_bytes(pickle.dumps({"bear": entry}))
+    reader = TapVidReader("davis", tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        reader.load("bear")
+    if "JPEG" not in message and "sizes" not in message:  # what needs decoding is found only by decoding
+        with pytest.raises(UserError, match=re.escape(message)):
+            reader.checked_names()
+
+
+def test_checked_names_stop_at_the_limit_before_a_malformed_entry(tmp_path):
+    bad = _entry()
+    bad["points"] = bad["points"][:, :2]
+    (tmp_path / "tapvid_davis.pkl").write_bytes(pickle.dumps({"a": _entry(), "b": _entry(), "c": bad}))
+    reader = TapVidReader("davis", tmp_path)
+    assert reader.checked_names(2) == ["a", "b"]
+    with pytest.raises(UserError, match="video c in .* has points"):
+        reader.checked_names()
 
 
 def test_protocol_resizes_frames_to_256_and_scales_normalised_points():

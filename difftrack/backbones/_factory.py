@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from difftrack.backbones._hub import hub_pipeline_class, hub_snapshot, read_json_file
+from difftrack.backbones._hub import hub_pipeline_class, hub_snapshot, is_hub_id, read_json_file
 from difftrack.backbones._registry import DEFAULT_BACKBONE, pipeline_loader, registered, registry_names
 from difftrack.backbones.base import Backbone
 from difftrack.errors import UserError
@@ -26,6 +26,9 @@ def create_backbone(name_or_path: str = DEFAULT_BACKBONE, device=None, dtype=Non
                             f"directory (save_pretrained output) or use one of: {', '.join(registry_names())}")
         cls_name = read_json_file(index, "a pipeline's model_index.json").get("_class_name", "")
         return pipeline_loader(cls_name, name_or_path, name_or_path).load(name_or_path, **kwargs)
+    if "/" in name_or_path and not is_hub_id(name_or_path):
+        raise UserError(f"there is no model directory at {name_or_path}, and it is not a hub id like "
+                        f"THUDM/CogVideoX-2b; check the path")
     if "/" in name_or_path:
         cls_name = hub_pipeline_class(name_or_path)
         where = hub_snapshot(name_or_path)

@@ -30,10 +30,24 @@ def read_json_file(path: str, what: str) -> dict:
     return data
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a hub id (``org/name``); a path of more parts, or absolute, has not."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name
+
+
 def cached_hub_file(repo_id: str, filename: str) -> str | None:
-    """The path of a hub id's file in the local Hugging Face cache, None when it is not there."""
+    """The path of a hub id's file in the local Hugging Face cache, None when it is not there (or ``repo_id`` is
+    no hub id)."""
     from huggingface_hub import try_to_load_from_cache
 
+    if not is_hub_id(repo_id):
+        return None
     path = try_to_load_from_cache(repo_id, filename)
     return path if isinstance(path, str) else None
 
@@ -41,7 +55,7 @@ def cached_hub_file(repo_id: str, filename: str) -> str | None:
 def _not_in_cache(repo_id: str) -> UserError:
     return UserError(f"weights for {repo_id} are not in the local Hugging Face cache and cannot be fetched here: "
                      f"run `huggingface-cli download {repo_id}` on a connected machine (or copy the directory) "
-                     f"and pass it with --model")
+                     f"and pass it with --model (if you meant a local directory: there is none at {repo_id})")
 
 
 def hub_pipeline_class(repo_id: str) -> str:

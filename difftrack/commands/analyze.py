@@ -117,12 +117,7 @@ def build_jobs(args, prompts: list[str] | None) -> tuple[list, dict[str, int]]:
     if args.tapvid:
         from difftrack.data.tapvid import TapVidReader
 
-        names = []
-        for name, load in TapVidReader(args.dataset, args.tapvid).entries():
-            if len(names) == args.limit:
-                break
-            load.check()
-            names.append(name)
+        names = TapVidReader(args.dataset, args.tapvid).checked_names(args.limit)
         return [VideoJob("tapvid", name, path=args.tapvid, dataset=args.dataset) for name in names], {}
     if args.tracks and len(args.tracks) != len(args.video):
         raise UserError(f"got {len(args.video)} videos but {len(args.tracks)} tracks files; pass one per video")

@@ -64,7 +64,8 @@ def add_arguments(p):
                    help="analysis directory (or its recommendation.json) for --cag-layers auto; default: the "
                         "one shipped with the model, if any")
     p.add_argument("--cag-steps", nargs=2, type=integer(min=0), default=None, metavar=("START", "STOP"),
-                   help="apply CAG only at step indices START <= i < STOP (default: every step)")
+                   help="apply CAG only at step indices START <= i < STOP (default: every step; a STOP past --steps "
+                        "means to the last step)")
     p.add_argument("--sequential-branches", action="store_true",
                    help="run the uncond/cond/perturbed branches one after another instead of batched (less memory, "
                         "same result)")
@@ -112,7 +113,7 @@ def run(args):
         check_layers_before_loading(args.model, args.cag_layers, "--cag-layers")
     guidance = GuidanceConfig(args.guidance, cfg_scale, cag_scale, (),
                               tuple(args.cag_steps) if args.cag_steps else None, args.sequential_branches)
-    if args.cag_steps and args.cag_steps[0] >= args.steps:
+    if args.guidance == "cag" and args.cag_steps and args.cag_steps[0] >= args.steps:
         raise UserError(f"--cag-steps starts at step {args.cag_steps[0]}, but there are only --steps {args.steps} "
                         f"(indices 0..{args.steps - 1}); CAG would never act")
 

@@ -124,8 +124,8 @@ class TapVidReader:
         return None if self._entries is None else len(self._entries)
 
     def entries(self) -> Iterator[tuple[str, TapVidEntry]]:
-        """Yield ``(name, load)`` in sorted order; ``load()`` decodes that video only when called, and
-        ``load.check()`` validates it without decoding."""
+        """Yield ``(name, entry)`` in sorted order; ``entry()`` decodes that video only when called, and
+        ``entry.check()`` validates it without decoding."""
         if isinstance(self._entries, dict):
             for name in sorted(self._entries):
                 yield name, TapVidEntry(self._entries[name], str(name), self.source)
@@ -145,10 +145,21 @@ class TapVidReader:
                     yield name, TapVidEntry(entry, name, shard)
                 del entries
 
+    def checked_names(self, limit: int | None = None) -> list[str]:
+        """The names of the first ``limit`` videos (all by default), each entry's structure checked without decoding
+        a frame: what a command runs before it loads a model, so that a malformed entry stops it first."""
+        names = []
+        for name, entry in self.entries():
+            if len(names) == limit:
+                break
+            entry.check()
+            names.append(name)
+        return names
+
     def load(self, name: str) -> TapVidVideo:
-        for entry_name, load in self.entries():
+        for entry_name, entry in self.entries():
             if entry_name == name:
-                return load()
+                return entry()
         raise UserError(f"{self.dataset} has no video named {name!r}")
 
 
@@ -164,23 +175,38 @@ class TapVidEntry:
             raise UserError(f"video {name} in {source} is not a TAP-Vid entry (a dict with 'video', 'points' and "
                             f"'occluded')")
         video = raw["video"]
-        if isinstance(video, np.ndarray) and video.dtype != object and (
-                video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8):
-            raise UserError(f"video {name} in {source} has frames {video.dtype} {video.shape}; expected uint8 "
-                            f"(T, H, W, 3)")
+        if _encoded(video):
+            if not all(isinstance(frame, ENCODED_FRAME_TYPES) for frame in video):
+                raise UserError(f"video {name} in {source} holds frames that are not JPEG bytes; expected uint8 "
+                                f"(T, H, W, 3) or a list of JPEG-encoded frames")
+        elif not isinstance(video, np.ndarray) or video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+            what = f"{video.dtype} {video.shape}" if isinstance(video, np.ndarray) else f"of type {type(video).__name__}"
+            raise UserError(f"video {name} in {source} has frames {what}; expected uint8 (T, H, W, 3) or a list of "
+                            f"JPEG-encoded frames")
         num_frames = len(video)
-        points, occluded = np.shape(raw["points"]), np.shape(raw["occluded"])
-        if len(points) != 3 or points[1:] != (num_frames, 2) or occluded != points[:2]:
-            raise UserError(f"video {name} in {source} has points {points} and occluded {occluded}; "
+        points_shape, occluded_shape = np.shape(raw["points"]), np.shape(raw["occluded"])
+        if len(points_shape) != 3 or points_shape[1:] != (num_frames, 2) or occluded_shape != points_shape[:2]:
+            raise UserError(f"video {name} in {source} has points {points_shape} and occluded {occluded_shape}; "
                             f"expected (N, {num_frames}, 2) and (N, {num_frames})")
 
     def __call__(self) -> TapVidVideo:
         self.check()
         video = self.raw["video"]
-        if isinstance(video, (list, tuple)) or (isinstance(video, np.ndarray) and video.dtype == object):
-            video = np.stack([_decode_jpeg(frame, self.name, self.source) for frame in video])
+        if _encoded(video):
+            frames = [_decode_jpeg(frame, self.name, self.source) for frame in video]
+            if len({frame.shape for frame in frames}) > 1:
+                raise UserError(f"video {self.name} in {self.source} holds frames of different sizes")
+            video = np.stack(frames)
         points = np.asarray(self.raw["points"], dtype=np.float32)
-        return TapVidVideo(self.name, np.asarray(video), points, np.asarray(self.raw["occluded"]).astype(bool))
+        return TapVidVideo(self.name, video, points, np.asarray(self.raw["occluded"]).astype(bool))
+
+
+# The Kinetics shards store each frame JPEG-encoded (bytes, or a uint8 buffer of them).
+ENCODED_FRAME_TYPES = (bytes, bytearray, memoryview, np.ndarray)
+
+
+def _encoded(video) -> bool:
+    return isinstance(video, (list, tuple)) or (isinstance(video, np.ndarray) and video.dtype == object)
 
 
 def _decode_jpeg(data, name: str, source: Path) -> np.ndarray:
