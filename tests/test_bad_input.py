@@ -302,13 +302,13 @@ def _check(run, argv, message, inputs, tmp_path, capfd, monkeypatch):
     before = _files(inputs, tmp_path)
     loaded = []
     if not message.startswith(FOUND_BY_THE_MODEL):
-        build = Backbone.__init__
+        original_init = Backbone.__init__
 
-        def recorded_build(self, name, *args, **kwargs):
+        def recorded_init(self, name, *args, **kwargs):
             loaded.append(name)
-            build(self, name, *args, **kwargs)
+            original_init(self, name, *args, **kwargs)
 
-        monkeypatch.setattr(Backbone, "__init__", recorded_build)
+        monkeypatch.setattr(Backbone, "__init__", recorded_init)
     code = run(argv)
     _check_failure(code, capfd.readouterr().err, message)
     assert not loaded, f"the error came after {loaded} loaded"
