@@ -180,6 +180,7 @@ def test_real_video_one_forward_per_step_early_exit_and_report(backbone, tmp_pat
                  "heatmap_qk_pck.png", "accuracy_vs_step.png", "accuracy_vs_layer.png", "attention_maps.png",
                  "pca_qk.png"):
         assert (out / name).is_file(), name
+    assert not list(out.glob("heatmap_zero_*"))  # the no-motion baseline is one number per video, not a table
     rec = json.loads((out / "recommendation.json").read_text())
     assert rec["layers"] == [0] and rec["steps"][0] in (1, 3) and rec["model"] == "tiny"
     metrics = results["videos"][0]["metrics"]

@@ -144,7 +144,8 @@ def _write_csvs(out, records, agg, ranked, layers, steps):
 def _write_figures(out, means, agg, score, layers, steps, accuracy, figures_path) -> list[tuple[str, str]]:
     plt = pyplot()
     made: list[tuple[str, str]] = []
-    tables = [(n, means[n]) for n in METRICS + BASELINE_METRICS if n in means] + [("harmonic_score", score)]
+    # no heatmap of the no-motion baseline: it is one value per video, the same in every cell (index.html gives it)
+    tables = [(n, means[n]) for n in METRICS if n in means] + [("harmonic_score", score)]
     for name, table in tables:
         fig, ax = plt.subplots(figsize=(1.6 + 0.32 * len(steps), 1.2 + 0.28 * len(layers)))
         im = ax.imshow(table, aspect="auto", cmap="viridis", origin="upper")
