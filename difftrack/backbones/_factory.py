@@ -26,13 +26,13 @@ def create_backbone(name_or_path: str = DEFAULT_BACKBONE, device=None, dtype=Non
                             f"directory (save_pretrained output) or use one of: {', '.join(registry_names())}")
         cls_name = read_json_file(index, "a pipeline's model_index.json").get("_class_name", "")
         return pipeline_loader(cls_name, name_or_path, name_or_path).load(name_or_path, **kwargs)
-    if "/" in name_or_path and not is_hub_id(name_or_path):
-        raise UserError(f"there is no model directory at {name_or_path}, and it is not a hub id like "
-                        f"THUDM/CogVideoX-2b; check the path")
-    if "/" in name_or_path:
+    if is_hub_id(name_or_path):
         cls_name = hub_pipeline_class(name_or_path)
         where = hub_snapshot(name_or_path)
         return pipeline_loader(cls_name, name_or_path, where).load(where, **{"name": name_or_path, **kwargs})
+    if "/" in name_or_path:
+        raise UserError(f"there is no model directory at {name_or_path}, and it is not a hub id like "
+                        f"THUDM/CogVideoX-2b; check the path")
     raise UserError(f"unknown model {name_or_path!r}; known: {', '.join(registry_names())} "
                     f"(or a hub id like THUDM/CogVideoX-2b, or a local pipeline directory)")
 
